@@ -1,0 +1,96 @@
+"""Configuration, read from environment variables in one place.
+
+Every variable is documented in the README's configuration table. Nothing here holds a secret:
+DSNs with passwords come from the environment only (and are passed to Dagster as ``dg.EnvVar``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ISS_BASE_URL = "https://iss.moex.com"
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a usable configuration."""
+
+
+def dagster_home() -> Path:
+    """``$DAGSTER_HOME``, or the current folder when it holds this project's ``dagster.yaml``."""
+    env = os.environ.get("DAGSTER_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    cwd = Path.cwd()
+    if (cwd / "dagster.yaml").is_file() and (cwd / "workspace.yaml").is_file():
+        return cwd
+    raise ConfigError(
+        "DAGSTER_HOME is not set: run from the project folder or `export DAGSTER_HOME=/path/to/project`"
+    )
+
+
+def data_dir() -> Path:
+    """Where the embedded SQLite warehouse and the publication live (``$CANDLESTICK_DATA_DIR``)."""
+    env = os.environ.get("CANDLESTICK_DATA_DIR")
+    path = Path(env).expanduser().resolve() if env else dagster_home() / "data"
+    return path
+
+
+def default_warehouse_dsn() -> str:
+    """The embedded default: a SQLite file in :func:`data_dir`."""
+    return f"sqlite:///{data_dir() / 'warehouse.db'}"
+
+
+def warehouse_dsn() -> str:
+    """``$CANDLESTICK_WAREHOUSE_DSN`` or the embedded SQLite default."""
+    return os.environ.get("CANDLESTICK_WAREHOUSE_DSN") or default_warehouse_dsn()
+
+
+def _int_env(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} is below the minimum {minimum}")
+    return value
+
+
+def _float_env(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} is below the minimum {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class ISSSettings:
+    """How to reach ISS (or a stand-in) and how politely."""
+
+    base_url: str
+    timeout_seconds: float
+    max_concurrency: int
+    max_attempts: int
+    backoff_base_seconds: float
+    backoff_max_seconds: float
+
+    @classmethod
+    def from_env(cls) -> ISSSettings:
+        return cls(
+            base_url=os.environ.get("ISS_BASE_URL") or DEFAULT_ISS_BASE_URL,
+            timeout_seconds=_float_env("ISS_TIMEOUT_SECONDS", 30.0, minimum=0.1),
+            max_concurrency=_int_env("ISS_MAX_CONCURRENCY", 4, minimum=1),
+            max_attempts=_int_env("ISS_MAX_ATTEMPTS", 6, minimum=1),
+            backoff_base_seconds=_float_env("ISS_BACKOFF_BASE_SECONDS", 0.5),
+            backoff_max_seconds=_float_env("ISS_BACKOFF_MAX_SECONDS", 30.0),
+        )

@@ -1,0 +1,31 @@
+"""The one fixed schema of a candle frame, shared by the ISS client, the warehouse and the checks.
+
+``begin``/``end`` are naive datetimes in Moscow wall-clock time, exactly as ISS writes them.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+CANDLE_SCHEMA: dict[str, pl.DataType] = {
+    "begin": pl.Datetime("us"),
+    "end": pl.Datetime("us"),
+    "open": pl.Float64(),
+    "high": pl.Float64(),
+    "low": pl.Float64(),
+    "close": pl.Float64(),
+    "value": pl.Float64(),
+    "volume": pl.Int64(),
+}
+
+CANDLE_COLUMNS: tuple[str, ...] = tuple(CANDLE_SCHEMA)
+
+
+def empty_candles() -> pl.DataFrame:
+    """A frame with no rows and the candle schema."""
+    return pl.DataFrame(schema=CANDLE_SCHEMA)
+
+
+def conform(frame: pl.DataFrame) -> pl.DataFrame:
+    """Select the candle columns in schema order and cast them; extra columns are dropped."""
+    return frame.select([pl.col(name).cast(dtype) for name, dtype in CANDLE_SCHEMA.items()])

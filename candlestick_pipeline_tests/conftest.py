@@ -1,0 +1,92 @@
+"""Shared fixtures: throw-away PostgreSQL databases, SQLite files, the ISS stand-in, samples.
+
+PostgreSQL is mandatory: a test that asks for ``pg_dsn`` fails (never skips) when the server in
+``CANDLESTICK_TEST_PG_ADMIN_DSN`` cannot be reached. CI and every developer machine have one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+ADMIN_DSN = os.environ.get(
+    "CANDLESTICK_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ISS_SAMPLES = Path(
+    os.environ.get("CANDLESTICK_ISS_SAMPLES", REPO_ROOT.parent / "shared" / "iss-samples")
+)
+
+
+def _admin_connect() -> psycopg.Connection:
+    try:
+        return psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:  # pragma: no cover - a broken machine, not a test
+        pytest.fail(f"PostgreSQL is required for the tests and is not reachable at {ADMIN_DSN}: {exc}")
+
+
+def _pg_url(dbname: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(ADMIN_DSN)
+    user = info.get("user", "postgres")
+    host = info.get("host", "127.0.0.1")
+    port = info.get("port", "5432")
+    return f"postgresql+psycopg://{user}@{host}:{port}/{dbname}"
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database; yields its name and drops it afterwards."""
+    name = f"cp_test_{uuid.uuid4().hex[:12]}"
+    with _admin_connect() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with _admin_connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_dsn(pg_database: str) -> str:
+    """SQLAlchemy DSN (psycopg 3) of a fresh PostgreSQL database."""
+    return _pg_url(pg_database)
+
+
+@pytest.fixture
+def sqlite_dsn(tmp_path: Path) -> str:
+    """SQLAlchemy DSN of a SQLite file in the test's temporary folder."""
+    return f"sqlite:///{tmp_path / 'warehouse.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def warehouse_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each warehouse backend in turn: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'warehouse.db'}"
+    return str(request.getfixturevalue("pg_dsn"))
+
+
+@pytest.fixture(scope="session")
+def iss_samples() -> Path:
+    """The folder of real recorded ISS responses (``../shared/iss-samples`` beside the repo)."""
+    if not ISS_SAMPLES.is_dir():
+        pytest.fail(f"ISS samples not found at {ISS_SAMPLES}; set CANDLESTICK_ISS_SAMPLES")
+    return ISS_SAMPLES
+
+
+@pytest.fixture
+def standin() -> Iterator["ISSStandIn"]:  # noqa: F821 - imported lazily below
+    """A fresh ISS stand-in on 127.0.0.1 (ephemeral port), stopped after the test."""
+    from candlestick_pipeline.standin.server import ISSStandIn
+
+    server = ISSStandIn()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
