@@ -6,6 +6,7 @@ DSNs with passwords come from the environment only (and are passed to Dagster as
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,3 +95,31 @@ class ISSSettings:
             backoff_base_seconds=_float_env("ISS_BACKOFF_BASE_SECONDS", 0.5),
             backoff_max_seconds=_float_env("ISS_BACKOFF_MAX_SECONDS", 30.0),
         )
+
+
+DEFAULT_PARTITIONS_START = "2022-01-01"
+
+
+def partitions_start() -> str:
+    """First date of every candle partitions definition (``$CANDLESTICK_PARTITIONS_START``).
+
+    Kept as one setting for all timeframes so that partition keys stay predictable; earlier history
+    needs an earlier start (changing it only adds partition keys, it never loses materializations).
+    """
+    raw = os.environ.get("CANDLESTICK_PARTITIONS_START") or DEFAULT_PARTITIONS_START
+    try:
+        parsed = dt.date.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(f"CANDLESTICK_PARTITIONS_START={raw!r} is not a YYYY-MM-DD date") from None
+    return parsed.isoformat()
+
+
+def final_after_minutes() -> int:
+    """How long after a period closes its candles count as final (ISS delays data ~15 minutes)."""
+    return _int_env("CANDLESTICK_FINAL_AFTER_MINUTES", 30)
+
+
+def publication_path() -> Path:
+    """The SQLite file Datasette serves (``$CANDLESTICK_PUBLICATION_PATH``)."""
+    env = os.environ.get("CANDLESTICK_PUBLICATION_PATH")
+    return Path(env).expanduser().resolve() if env else data_dir() / "publication.db"

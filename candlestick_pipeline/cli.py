@@ -1,0 +1,220 @@
+"""``candlestick``: add and remove securities, load ranges of candles, run the UI and the stand-in.
+
+The seed service's command keeps working: ``candlestick create-security SU26238RMFS4 TQOB``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+import dagster as dg
+
+from candlestick_pipeline import config
+from candlestick_pipeline.defs.candles.partitions import multi_key, date_keys_between, security_partition
+from candlestick_pipeline.defs.iss.client import ISSClient
+from candlestick_pipeline.defs.iss.errors import ISSError
+from candlestick_pipeline.lib import warehouse
+from candlestick_pipeline.lib.securities import InvalidSecurityKeyError, SecurityKey
+from candlestick_pipeline.lib.timeframes import TIMEFRAMES, UnknownTimeframeError, get_timeframe
+
+
+class _UserError(click.ClickException):
+    """An error the user can fix; printed without a traceback, exit code 2."""
+
+    exit_code = 2
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except (
+        ISSError,
+        InvalidSecurityKeyError,
+        UnknownTimeframeError,
+        config.ConfigError,
+        warehouse.WarehouseError,
+        ValueError,
+    ) as exc:
+        raise _UserError(str(exc)) from exc
+
+
+def _instance() -> dg.DagsterInstance:
+    os.environ.setdefault("DAGSTER_HOME", str(config.dagster_home()))
+    return dg.DagsterInstance.get()
+
+
+def _engine() -> warehouse.sa.Engine:
+    engine = warehouse.create_warehouse_engine(config.warehouse_dsn())
+    warehouse.migrate(engine)
+    return engine
+
+
+def _parse_key(raw: str) -> SecurityKey:
+    """Accept ``SECID.BOARD`` (the partition key) or ``SECID BOARD`` split by the caller."""
+    return SecurityKey.parse(raw)
+
+
+@click.group()
+def main() -> None:
+    """MOEX candles pipeline: manage securities and load candles."""
+
+
+@main.command("create-security")
+@click.argument("secid")
+@click.argument("board", required=False)
+def create_security(secid: str, board: str | None) -> None:
+    """Add SECID (on BOARD, or its primary board) after checking it with ISS.
+
+    Writes the reference row to the warehouse and adds the ``securities`` partition to the Dagster
+    instance. An unknown secid or a board it does not trade on is an error and writes nothing.
+    """
+    with _user_errors():
+        instance = _instance()  # fail on a bad DAGSTER_HOME before anything is written
+        with ISSClient.from_settings(config.ISSSettings.from_env()) as client:
+            info = client.get_security(secid, board)
+        engine = _engine()
+        try:
+            warehouse.upsert_security(engine, info)
+        finally:
+            engine.dispose()
+        key = info.key.partition_key
+        if not instance.has_dynamic_partition(security_partition.name, key):
+            instance.add_dynamic_partitions(security_partition.name, [key])
+    primary = "primary board" if info.is_primary else "not its primary board"
+    click.echo(
+        f"added {key}: {info.shortname or info.name or info.secid} "
+        f"({info.engine}/{info.market}, {primary}); partition key {key}"
+    )
+
+
+@main.command("remove-security")
+@click.argument("key")
+@click.option("--delete-candles", is_flag=True, help="Also delete its candles from the warehouse.")
+def remove_security(key: str, delete_candles: bool) -> None:
+    """Remove the security KEY (SECID.BOARD): its partition, its reference row, optionally its candles."""
+    with _user_errors():
+        security = _parse_key(key)
+        instance = _instance()
+        engine = _engine()
+        try:
+            deleted = warehouse.delete_security(engine, security, delete_candles=delete_candles)
+        finally:
+            engine.dispose()
+        if instance.has_dynamic_partition(security_partition.name, security.partition_key):
+            instance.delete_dynamic_partition(security_partition.name, security.partition_key)
+    click.echo(f"removed {security}" + (f" and {deleted} candles" if delete_candles else ""))
+
+
+@main.command("list-securities")
+def list_securities() -> None:
+    """List registered securities: partition key, names, engine/market."""
+    with _user_errors():
+        instance = _instance()
+        registered = set(instance.get_dynamic_partitions(security_partition.name))
+        engine = _engine()
+        try:
+            infos = warehouse.list_securities(engine)
+        finally:
+            engine.dispose()
+    for info in infos:
+        key = info.key.partition_key
+        flag = "" if key in registered else "  (no Dagster partition: run create-security again)"
+        click.echo(f"{key:24} {info.engine}/{info.market:10} {info.shortname or ''}{flag}")
+    for key in sorted(registered - {info.key.partition_key for info in infos}):
+        click.echo(f"{key:24} (partition without a warehouse row: run create-security again)")
+
+
+def _parse_date(value: str, name: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise _UserError(f"--{name} {value!r} is not a YYYY-MM-DD date") from None
+
+
+@main.command("load")
+@click.argument("key")
+@click.option("--timeframe", "-t", "timeframe_name", required=True, help=f"One of {', '.join(TIMEFRAMES)}.")
+@click.option("--from", "date_from", required=True, help="First day (YYYY-MM-DD, Moscow).")
+@click.option("--till", "date_till", required=True, help="Last day, inclusive (YYYY-MM-DD).")
+@click.option("--refresh", is_flag=True, help="Fetch every partition again, even final ones.")
+@click.option("--dry-run", is_flag=True, help="Only print which partitions would be loaded.")
+def load(key: str, timeframe_name: str, date_from: str, date_till: str, refresh: bool, dry_run: bool) -> None:
+    """Load KEY's candles for a range, fetching only the partitions that are not loaded yet.
+
+    Runs in this process and records each run in the Dagster instance, like
+    ``dagster asset materialize --partition-range`` but skipping what is already final.
+    """
+    from candlestick_pipeline.defs.candles.status import contiguous_runs, partition_states
+
+    first, last = _parse_date(date_from, "from"), _parse_date(date_till, "till")
+    with _user_errors():
+        timeframe = get_timeframe(timeframe_name)
+        security = _parse_key(key)
+        instance = _instance()
+        if not instance.has_dynamic_partition(security_partition.name, security.partition_key):
+            raise _UserError(f"{security} is not registered: run `candlestick create-security "
+                             f"{security.secid} {security.board}` first")
+        all_keys = date_keys_between(timeframe, first, last)
+        if not all_keys:
+            raise _UserError(f"no {timeframe.name} partitions between {first} and {last}")
+        states = partition_states(instance, timeframe, security, all_keys)
+        wanted = all_keys if refresh else [s.date_key for s in states if s.needs_load]
+        runs = contiguous_runs(wanted, all_keys)
+        click.echo(f"{security} {timeframe.name}: {len(all_keys)} partition(s), "
+                   f"{len(all_keys) - len(wanted)} already loaded, {len(wanted)} to load in {len(runs)} run(s)")
+        if dry_run or not runs:
+            return
+        failed = _execute_runs(instance, timeframe.asset_name, security, runs)
+    if failed:
+        raise _UserError(f"{failed} run(s) failed; see the Dagster UI or `dagster run list`")
+
+
+def _execute_runs(instance: dg.DagsterInstance, asset_name: str, security: SecurityKey, runs: list[list[str]]) -> int:
+    from candlestick_pipeline.definitions import defs
+
+    job = defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey(asset_name)])
+    if job is None:  # pragma: no cover - every candle asset has an implicit job
+        raise _UserError(f"no job can materialize {asset_name}")
+    failed = 0
+    for run in runs:
+        tags = {
+            "dagster/asset_partition_range_start": str(multi_key(security, run[0])),
+            "dagster/asset_partition_range_end": str(multi_key(security, run[-1])),
+        }
+        result = job.execute_in_process(
+            instance=instance, tags=tags, asset_selection=[dg.AssetKey(asset_name)], raise_on_error=False
+        )
+        status = "ok" if result.success else "FAILED"
+        click.echo(f"  {run[0]} .. {run[-1]} ({len(run)} partition(s)): {status}, run {result.run_id}")
+        failed += 0 if result.success else 1
+    return failed
+
+
+@main.command("dev", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def dev(ctx: click.Context) -> None:
+    """Start the Dagster UI and daemon (``dagster dev``) with DAGSTER_HOME set to this project."""
+    with _user_errors():
+        home = config.dagster_home()
+    os.environ["DAGSTER_HOME"] = str(home)
+    args = ["dagster", "dev", "-w", str(home / "workspace.yaml"), *ctx.args]
+    click.echo(f"DAGSTER_HOME={home}; warehouse {warehouse.redact_dsn(config.warehouse_dsn())}", err=True)
+    os.execvp(args[0], args)
+
+
+@main.command("standin", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def standin(ctx: click.Context) -> None:
+    """Run the offline ISS stand-in (see ``candlestick standin --help``)."""
+    args = [sys.executable, "-m", "candlestick_pipeline.standin", *ctx.args]
+    os.execv(sys.executable, args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,14 @@
+"""Assembles the Dagster definitions; every piece lives in its own ``defs/<domain>`` module."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from candlestick_pipeline.defs.candles.assets import candle_assets
+from candlestick_pipeline.defs.resources import build_resources
+from candlestick_pipeline.defs.securities.assets import securities
+
+defs = dg.Definitions(
+    assets=[securities, *candle_assets],
+    resources=build_resources(),
+)

@@ -1,0 +1,116 @@
+"""Candle assets, one per timeframe (``candles_1m`` ... ``candles_1q``), partitioned security x window.
+
+A run covers one security and a contiguous range of windows (Dagster splits backfills that way
+under ``BackfillPolicy.single_run()``). Each partition's candles replace exactly that security x
+timeframe x window in the warehouse, so reruns and corrections never duplicate. Partition status is
+the record of what is loaded: nothing else tracks "loaded spans".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+
+from candlestick_pipeline.config import final_after_minutes
+from candlestick_pipeline.defs.candles.loading import PartitionLoad, load_partitions
+from candlestick_pipeline.defs.candles.partitions import (
+    CandlePartition,
+    InvalidPartitionKeyError,
+    parse_candle_partition,
+    partitions_for,
+)
+from candlestick_pipeline.defs.iss.resource import ISSResource
+from candlestick_pipeline.defs.securities.assets import securities
+from candlestick_pipeline.defs.warehouse.resource import WarehouseResource
+from candlestick_pipeline.lib.securities import InvalidSecurityKeyError, SecurityInfo
+from candlestick_pipeline.lib.timeframes import TIMEFRAMES, Timeframe
+
+
+def _run_partitions(context: dg.AssetExecutionContext, timeframe: Timeframe) -> list[CandlePartition]:
+    keys = context.partition_keys
+    if not keys:
+        # Dagster turns a --partition-range across two securities into a run with no keys (G3).
+        raise dg.Failure(
+            "this run selects no partitions: a partition range must start and end on the same "
+            "security, e.g. 2025-06-01|SBER.TQBR...2025-06-30|SBER.TQBR"
+        )
+    try:
+        parts = [parse_candle_partition(timeframe, key) for key in keys]
+    except (InvalidPartitionKeyError, InvalidSecurityKeyError) as exc:
+        raise dg.Failure(str(exc)) from exc
+    securities_in_run = {part.security for part in parts}
+    if len(securities_in_run) != 1:
+        names = ", ".join(sorted(str(s) for s in securities_in_run))
+        raise dg.Failure(f"a run must cover one security, this one covers {names}")
+    return sorted(parts, key=lambda part: part.start)
+
+
+def _registered_security(warehouse: WarehouseResource, part: CandlePartition) -> SecurityInfo:
+    info = warehouse.get_security(part.security)
+    if info is None:
+        raise dg.Failure(
+            f"{part.security} is not registered in the warehouse; add it with "
+            f"`candlestick create-security {part.security.secid} {part.security.board}`"
+        )
+    return info
+
+
+def _summary(loads: list[PartitionLoad]) -> dict[str, object]:
+    return {
+        "run_partitions": len(loads),
+        "run_rows": sum(load.rows for load in loads),
+        "run_iss_pages": sum(load.pages for load in loads),
+        "run_iss_retries": sum(load.retries for load in loads),
+    }
+
+
+def build_candles_asset(timeframe: Timeframe) -> dg.AssetsDefinition:
+    """The candle asset of one timeframe."""
+
+    @dg.asset(
+        name=timeframe.asset_name,
+        partitions_def=partitions_for(timeframe),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[securities],
+        group_name="candles",
+        pool="iss",
+        kinds={"sql"},
+        tags={"timeframe": timeframe.name},
+        description=(
+            f"{timeframe.title} candles (ISS interval {timeframe.iss_interval}) of one security on one "
+            f"board, one partition per {timeframe.grain.value} (Moscow time). Rows live in the "
+            f"warehouse table `candles` with timeframe = '{timeframe.name}'; each partition replaces "
+            "exactly its window. Metadata: rows, first/last begin, ISS pages, and `final` (false when "
+            "the period had not closed yet when it was loaded)."
+        ),
+    )
+    def _candles(
+        context: dg.AssetExecutionContext, iss: ISSResource, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        parts = _run_partitions(context, timeframe)
+        info = _registered_security(warehouse, parts[0])
+        context.log.info(
+            f"loading {len(parts)} partition(s) of {info.key} {timeframe.name}: "
+            f"{parts[0].date_key} .. {parts[-1].date_key}"
+        )
+
+        def _record(load: PartitionLoad) -> None:
+            context.add_asset_metadata(load.metadata(), partition_key=load.partition.key)
+
+        loads = load_partitions(
+            iss.get_client(),
+            warehouse.get_engine(),
+            info,
+            timeframe,
+            parts,
+            concurrency=iss.max_concurrency,
+            final_after=dt.timedelta(minutes=final_after_minutes()),
+            on_loaded=_record,
+        )
+        return dg.MaterializeResult(metadata=_summary(loads))
+
+    return _candles
+
+
+candle_assets: list[dg.AssetsDefinition] = [build_candles_asset(tf) for tf in TIMEFRAMES.values()]

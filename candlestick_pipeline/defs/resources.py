@@ -1,0 +1,43 @@
+"""The resources every asset shares: the ISS client and the warehouse.
+
+Values come from the environment (see the README's configuration table). The warehouse DSN is
+passed as ``dg.EnvVar`` when it is set, so a DSN with a password is never baked into the
+definitions or shown in the UI; without it the embedded SQLite file is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from candlestick_pipeline.config import ISSSettings, default_warehouse_dsn
+from candlestick_pipeline.defs.iss.resource import ISSResource
+from candlestick_pipeline.defs.warehouse.resource import WarehouseResource
+
+WAREHOUSE_DSN_ENV = "CANDLESTICK_WAREHOUSE_DSN"
+
+
+def build_iss_resource() -> ISSResource:
+    """ISS (or a stand-in, via ``ISS_BASE_URL``) with the configured limits."""
+    settings = ISSSettings.from_env()
+    return ISSResource(
+        base_url=settings.base_url,
+        timeout_seconds=settings.timeout_seconds,
+        max_concurrency=settings.max_concurrency,
+        max_attempts=settings.max_attempts,
+        backoff_base_seconds=settings.backoff_base_seconds,
+        backoff_max_seconds=settings.backoff_max_seconds,
+    )
+
+
+def build_warehouse_resource() -> WarehouseResource:
+    """The warehouse at ``$CANDLESTICK_WAREHOUSE_DSN``, or the embedded SQLite file."""
+    if os.environ.get(WAREHOUSE_DSN_ENV):
+        return WarehouseResource(dsn=dg.EnvVar(WAREHOUSE_DSN_ENV))
+    return WarehouseResource(dsn=default_warehouse_dsn())
+
+
+def build_resources() -> dict[str, dg.ConfigurableResource]:
+    """Resources by the names the assets ask for."""
+    return {"iss": build_iss_resource(), "warehouse": build_warehouse_resource()}
