@@ -1,0 +1,529 @@
+"""A polite, retrying, thread-safe client of the MOEX ISS REST API (candles and reference data).
+
+It is a plain class so that the CLI can use it as well as Dagster (see ``resource.py``).
+
+Politeness: one pooled ``httpx.Client`` (at most ``max_concurrency`` connections) and a semaphore
+around every request, so all threads together never have more than ``max_concurrency`` requests in
+flight. ISS has no documented quota, and IP bans have been reported for aggressive clients.
+
+Retries (exponential backoff with full jitter, ``Retry-After`` honoured) cover what ISS and the
+networks in front of it are known or expected to do: HTTP 429 and 5xx, time-outs, connection
+errors and resets, truncated or invalid JSON, HTML error pages (non-JSON content type), and HTTP 200
+bodies whose block holds ``{"error": ...}``. Other 4xx statuses are not retried.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import importlib.metadata
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import polars as pl
+
+from candlestick_pipeline.config import ISSSettings
+from candlestick_pipeline.defs.iss.errors import (
+    ISSResponseError,
+    ISSUnavailableError,
+    UnknownSecurityError,
+)
+from candlestick_pipeline.defs.iss.parse import (
+    find_error,
+    parse_borders,
+    parse_candle_page,
+    parse_security,
+)
+from candlestick_pipeline.lib.frames import empty_candles
+from candlestick_pipeline.lib.securities import SecurityInfo, normalize_board, normalize_secid
+
+_log = logging.getLogger(__name__)
+
+VALID_INTERVALS: tuple[int, ...] = (1, 10, 60, 24, 7, 31, 4)
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("candlestick-pipeline")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "dev"
+
+
+USER_AGENT = f"candlestick-pipeline/{_package_version()} (MOEX ISS candle loader; httpx/{httpx.__version__})"
+
+# A server that ignores ``start`` would otherwise be paged forever; no real window comes close
+# (a year of 1-minute bars is ~250,000 rows, i.e. ~500 pages of 500).
+_MAX_PAGES = 20_000
+# Keeps 2 ** n finite however large max_attempts is.
+_MAX_BACKOFF_EXPONENT = 60
+_BODY_SNIPPET = 200
+
+
+@dataclass(frozen=True)
+class CandleFetch:
+    """The candles of one window and what fetching them cost.
+
+    ``frame`` is in ``CANDLE_SCHEMA``, sorted by ``begin``, one row per ``begin``. ``pages`` counts
+    the HTTP pages received (those with data plus the final empty one); ``requests`` and
+    ``retries`` count HTTP requests sent and retries made for this window; ``duplicates_dropped``
+    counts rows whose ``begin`` came again on a later page (the last copy is kept);
+    ``rows_outside_window`` counts rows dropped because their ``begin`` date was outside the window.
+    """
+
+    frame: pl.DataFrame
+    pages: int
+    requests: int
+    retries: int
+    duplicates_dropped: int
+    rows_outside_window: int
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """Totals over the life of one :class:`ISSClient` (every endpoint, every thread)."""
+
+    requests: int
+    retries: int
+    pages: int
+
+
+class _Counters:
+    """Thread-safe running totals."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests = 0
+        self._retries = 0
+        self._pages = 0
+
+    def add(self, *, requests: int = 0, retries: int = 0, pages: int = 0) -> None:
+        with self._lock:
+            self._requests += requests
+            self._retries += retries
+            self._pages += pages
+
+    def snapshot(self) -> ClientStats:
+        with self._lock:
+            return ClientStats(requests=self._requests, retries=self._retries, pages=self._pages)
+
+
+@dataclass
+class _Tally:
+    """Requests and retries of one call (used by one thread only)."""
+
+    requests: int = 0
+    retries: int = 0
+
+
+class _RetryableError(Exception):
+    """An attempt failed in a way that another attempt may fix."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _CancelledError(Exception):
+    """A sibling fetch of ``get_candles_many`` failed; this one stops between pages."""
+
+
+class ISSClient:
+    """Client of ISS: resolve securities, fetch candles (paged, de-duplicated), candle borders.
+
+    Thread-safe: one instance can serve many threads; ``max_concurrency`` bounds the requests in
+    flight across all of them. ``sleep`` and ``rng`` are injectable so that tests need not wait.
+    Close it (or use it as a context manager) to release the connection pool.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_seconds: float = 30,
+        max_concurrency: int = 4,
+        max_attempts: int = 6,
+        backoff_base_seconds: float = 0.5,
+        backoff_max_seconds: float = 30,
+        retry_after_max_seconds: float = 120,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        base = base_url.strip().rstrip("/")
+        if not base.startswith(("http://", "https://")):
+            raise ValueError(f"ISS base_url must start with http:// or https://, got {base_url!r}")
+        _require(timeout_seconds > 0, f"timeout_seconds must be positive, got {timeout_seconds}")
+        _require(max_concurrency >= 1, f"max_concurrency must be at least 1, got {max_concurrency}")
+        _require(max_attempts >= 1, f"max_attempts must be at least 1, got {max_attempts}")
+        _require(backoff_base_seconds >= 0, f"backoff_base_seconds must be >= 0, got {backoff_base_seconds}")
+        _require(backoff_max_seconds >= 0, f"backoff_max_seconds must be >= 0, got {backoff_max_seconds}")
+        _require(retry_after_max_seconds >= 0, "retry_after_max_seconds must be >= 0")
+        self._base_url = base
+        self._max_concurrency = max_concurrency
+        self._max_attempts = max_attempts
+        self._backoff_base = backoff_base_seconds
+        self._backoff_max = backoff_max_seconds
+        self._retry_after_max = retry_after_max_seconds
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+        self._semaphore = threading.BoundedSemaphore(max_concurrency)
+        self._counters = _Counters()
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 10.0)),
+            limits=httpx.Limits(
+                max_connections=max_concurrency,
+                max_keepalive_connections=max_concurrency,
+                keepalive_expiry=30.0,
+            ),
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            follow_redirects=True,
+            transport=transport,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: ISSSettings, **overrides: Any) -> ISSClient:
+        """A client configured from :class:`ISSSettings` (e.g. ``ISSSettings.from_env()``)."""
+        kwargs: dict[str, Any] = {
+            "timeout_seconds": settings.timeout_seconds,
+            "max_concurrency": settings.max_concurrency,
+            "max_attempts": settings.max_attempts,
+            "backoff_base_seconds": settings.backoff_base_seconds,
+            "backoff_max_seconds": settings.backoff_max_seconds,
+        }
+        kwargs.update(overrides)
+        return cls(settings.base_url, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------
+    # Life cycle and introspection
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._max_concurrency
+
+    @property
+    def max_attempts(self) -> int:
+        return self._max_attempts
+
+    @property
+    def closed(self) -> bool:
+        return self._http.is_closed
+
+    @property
+    def stats(self) -> ClientStats:
+        """Requests sent, retries made and pages (successful responses) received so far."""
+        return self._counters.snapshot()
+
+    def close(self) -> None:
+        """Close the connection pool; the client cannot be used afterwards."""
+        self._http.close()
+
+    def __enter__(self) -> ISSClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------------------------
+    # Endpoints
+
+    def get_security(self, secid: str, board: str | None = None) -> SecurityInfo:
+        """Resolve ``secid`` on ``board`` (or its primary board) from ``/iss/securities/{secid}.json``.
+
+        The secid is stripped and checked with ``normalize_secid``; its case is kept, because ISS
+        secids are case-sensitive for futures (``SiZ5``). If ISS does not know the exact secid and
+        it is not all upper-case, the upper-case form is tried once (users type ``sber``); the
+        returned ``secid`` is always the one ISS spells. Raises :class:`UnknownSecurityError`
+        (naming the secid as given) or :class:`WrongBoardError`.
+        """
+        wanted = normalize_secid(secid)
+        board_id = normalize_board(board) if board is not None else None
+        try:
+            return self._resolve(wanted, board_id)
+        except UnknownSecurityError:
+            if wanted == wanted.upper():
+                raise
+        try:
+            return self._resolve(wanted.upper(), board_id)
+        except UnknownSecurityError:
+            raise UnknownSecurityError(wanted) from None
+
+    def get_candles(
+        self, security: SecurityInfo, interval: int, date_from: dt.date, date_till: dt.date
+    ) -> CandleFetch:
+        """All candles of ``security`` on its board whose ``begin`` date is in ``[date_from, date_till]``.
+
+        Pages with ``start += rows`` until ISS sends an empty page; ``interval`` is always sent
+        (ISS defaults to 10-minute bars without it).
+        """
+        _check_window(interval, date_from, date_till)
+        return self._fetch_candles(security, interval, date_from, date_till, None)
+
+    def get_candles_many(
+        self, requests: Sequence[tuple[SecurityInfo, int, dt.date, dt.date]]
+    ) -> list[CandleFetch]:
+        """Fetch several ``(security, interval, date_from, date_till)`` windows concurrently.
+
+        Results come back in input order. The first failure (in input order among those that have
+        failed when it is noticed) cancels the windows not yet started, stops the running ones at
+        their next page, and is re-raised.
+        """
+        items = list(requests)
+        for _, interval, date_from, date_till in items:
+            _check_window(interval, date_from, date_till)
+        if not items:
+            return []
+        cancel = threading.Event()
+        workers = min(self._max_concurrency, len(items))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="iss-candles") as pool:
+            futures = [pool.submit(self._fetch_candles, *item, cancel) for item in items]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+                failure = _first_failure(futures)
+                if failure is not None:
+                    raise failure
+            except BaseException:
+                # Also on KeyboardInterrupt: do not start what is queued, stop the rest between pages.
+                cancel.set()
+                for future in futures:
+                    future.cancel()
+                raise
+        return [future.result() for future in futures]
+
+    def get_candle_borders(self, security: SecurityInfo) -> dict[int, tuple[dt.datetime, dt.datetime]]:
+        """``{interval: (first begin, last end)}`` of the security on its board (board form)."""
+        path = _board_path(security, "candleborders.json")
+        payload, url = self._get_json(path, {"iss.meta": "off", "iss.only": "borders"}, _Tally())
+        try:
+            return parse_borders(payload)
+        except ISSResponseError as exc:
+            raise exc.with_url(url) from None
+
+    # ----------------------------------------------------------------------------------------------
+    # Internals
+
+    def _resolve(self, secid: str, board: str | None) -> SecurityInfo:
+        payload, url = self._get_json(
+            f"/iss/securities/{quote(secid, safe='')}.json", {"iss.meta": "off"}, _Tally()
+        )
+        try:
+            return parse_security(payload, secid, board)
+        except ISSResponseError as exc:
+            raise exc.with_url(url) from None
+
+    def _fetch_candles(
+        self,
+        security: SecurityInfo,
+        interval: int,
+        date_from: dt.date,
+        date_till: dt.date,
+        cancel: threading.Event | None,
+    ) -> CandleFetch:
+        path = _board_path(security, "candles.json")
+        tally = _Tally()
+        frames: list[pl.DataFrame] = []
+        pages = outside = start = 0
+        previous: pl.DataFrame | None = None
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise _CancelledError()
+            params = {
+                "from": date_from.isoformat(),
+                "till": date_till.isoformat(),
+                "interval": str(interval),
+                "start": str(start),
+                "iss.meta": "off",
+                "iss.only": "candles",
+            }
+            payload, url = self._get_json(path, params, tally)
+            try:
+                page = parse_candle_page(payload, date_from=date_from, date_till=date_till)
+            except ISSResponseError as exc:
+                raise exc.with_url(url) from None
+            pages += 1
+            if page.rows_received == 0:
+                break
+            if previous is not None and not page.frame.is_empty() and page.frame.equals(previous):
+                raise ISSResponseError(
+                    f"ISS sent the same page again for start={start}; it ignores 'start'", url
+                )
+            if pages >= _MAX_PAGES:
+                raise ISSResponseError(f"more than {_MAX_PAGES} pages; giving up", url)
+            previous = page.frame
+            frames.append(page.frame)
+            outside += page.rows_outside_window
+            start += page.rows_received
+        combined = pl.concat(frames) if frames else empty_candles()
+        # Offsets can shift between pages while ISS appends bars; the later copy is the fresher one.
+        unique = combined.unique(subset=["begin"], keep="last", maintain_order=True).sort("begin")
+        return CandleFetch(
+            frame=unique,
+            pages=pages,
+            requests=tally.requests,
+            retries=tally.retries,
+            duplicates_dropped=combined.height - unique.height,
+            rows_outside_window=outside,
+        )
+
+    def _get_json(self, path: str, params: dict[str, str], tally: _Tally) -> tuple[Any, str]:
+        """GET ``path`` with retries; the decoded JSON payload and the URL it came from."""
+        url = f"{self._base_url}{path}"
+        full_url = str(httpx.URL(url, params=params))
+        for attempt in range(1, self._max_attempts + 1):
+            tally.requests += 1
+            self._counters.add(requests=1)
+            try:
+                with self._semaphore:
+                    response = self._http.get(url, params=params)
+                payload = _decode(response)
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                # DecodingError: a body whose gzip/deflate stream broke off, i.e. a truncated answer.
+                reason, retry_after = _describe(exc), None
+            except httpx.TooManyRedirects as exc:
+                raise ISSResponseError(_describe(exc), url=full_url) from None
+            except _RetryableError as exc:
+                reason, retry_after = exc.reason, exc.retry_after
+            else:
+                self._counters.add(pages=1)
+                return payload, full_url
+            if attempt == self._max_attempts:
+                raise ISSUnavailableError(full_url, attempt, reason)
+            delay = self._delay(attempt, retry_after)
+            tally.retries += 1
+            self._counters.add(retries=1)
+            _log.warning(
+                "ISS attempt %d/%d for %s failed (%s); retrying in %.2fs",
+                attempt,
+                self._max_attempts,
+                full_url,
+                reason,
+                delay,
+            )
+            self._sleep(delay)
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))], at least Retry-After."""
+        bound = min(self._backoff_max, self._backoff_base * 2 ** min(attempt - 1, _MAX_BACKOFF_EXPONENT))
+        delay = self._rng.uniform(0.0, bound)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self._retry_after_max))
+        return delay
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_window(interval: int, date_from: dt.date, date_till: dt.date) -> None:
+    # bool is an int subclass and True == 1; refuse it rather than fetch 1-minute bars by accident.
+    if isinstance(interval, bool) or interval not in VALID_INTERVALS:
+        raise ValueError(
+            f"ISS candle interval must be one of {', '.join(map(str, VALID_INTERVALS))} "
+            f"(1/10/60 minutes, 24 day, 7 week, 31 month, 4 quarter); got {interval!r}"
+        )
+    for name, value in (("date_from", date_from), ("date_till", date_till)):
+        if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
+            raise ValueError(f"{name} must be a datetime.date (ISS filters whole days), got {value!r}")
+    if date_from > date_till:
+        raise ValueError(f"date_from {date_from} is after date_till {date_till}")
+
+
+def _board_path(security: SecurityInfo, leaf: str) -> str:
+    security.key  # noqa: B018 - validates secid and board before they go into a URL
+    segments = (security.engine, security.market, security.board, security.secid)
+    engine, market, board, secid = (quote(segment, safe="") for segment in segments)
+    return f"/iss/engines/{engine}/markets/{market}/boards/{board}/securities/{secid}/{leaf}"
+
+
+def _decode(response: httpx.Response) -> Any:
+    """The JSON payload of a response, or why it is unusable (retryable or not)."""
+    status = response.status_code
+    if status == 429 or status >= 500:
+        raise _RetryableError(
+            f"HTTP {status} {response.reason_phrase}".rstrip(),
+            _retry_after_seconds(response.headers.get("Retry-After")),
+        )
+    if not 200 <= status < 300:
+        raise ISSResponseError(
+            f"HTTP {status} {response.reason_phrase}: {_snippet(response)}".rstrip(": "),
+            url=str(response.url),
+            status=status,
+        )
+    content_type = response.headers.get("Content-Type", "")
+    # An HTML page with status 200 is a proxy/maintenance page, not an ISS answer.
+    if content_type and "json" not in content_type.lower():
+        raise _RetryableError(f"non-JSON content type {content_type!r}: {_snippet(response)}")
+    try:
+        payload = json.loads(response.content)
+    except ValueError as exc:
+        raise _RetryableError(f"invalid or truncated JSON ({len(response.content)} bytes): {exc}") from None
+    error = find_error(payload)
+    if error is not None:
+        raise _RetryableError(f"ISS reported an error in a 200 response: {error}")
+    if not isinstance(payload, dict | list):
+        raise ISSResponseError(
+            f"the response is a JSON {type(payload).__name__}, not an object or array", url=str(response.url)
+        )
+    return payload
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP-date; ``None`` if unusable."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+def _snippet(response: httpx.Response) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return text[:_BODY_SNIPPET] + ("…" if len(text) > _BODY_SNIPPET else "")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _first_failure(futures: Sequence[Future[CandleFetch]]) -> BaseException | None:
+    """The exception of the first (input order) future that has failed, if any."""
+    for future in futures:
+        if future.done() and not future.cancelled():
+            exc = future.exception()
+            if exc is not None and not isinstance(exc, _CancelledError):
+                return exc
+    return None
