@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import email.utils
 import datetime as dt
 import json
 import random
@@ -528,6 +529,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return "nginx"
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # The Date header follows the stand-in's clock, as a real server's follows its own: the
+        # pipeline reads it to decide whether a period had closed when its candles were served.
+        if timestamp is None:
+            timestamp = self.server.owner.now.replace(tzinfo=MOSCOW).timestamp()
+        return email.utils.formatdate(timestamp, usegmt=True)
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.owner.verbose:

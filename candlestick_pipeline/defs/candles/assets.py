@@ -6,7 +6,6 @@ timeframe x window in the warehouse, so reruns and corrections never duplicate. 
 the record of what is loaded: nothing else tracks "loaded spans".
 """
 
-from __future__ import annotations
 
 import datetime as dt
 

@@ -119,7 +119,8 @@ def load_partitions(
             pages=fetched.pages,
             requests=fetched.requests,
             retries=fetched.retries,
-            final=is_final(part, now(), final_after),
+            # ISS's clock (its Date header) decides; ours only when ISS sent none.
+            final=is_final(part, fetched.server_time or now(), final_after),
         )
         loads.append(load)
         if on_loaded is not None:

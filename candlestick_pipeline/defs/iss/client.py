@@ -79,6 +79,8 @@ class CandleFetch:
     ``retries`` count HTTP requests sent and retries made for this window; ``duplicates_dropped``
     counts rows whose ``begin`` came again on a later page (the last copy is kept);
     ``rows_outside_window`` counts rows dropped because their ``begin`` date was outside the window.
+    ``server_time`` is the ``Date`` header of the last page (timezone-aware), i.e. ISS's clock when
+    it served the data: the pipeline judges whether a period had closed by it, not by its own clock.
     """
 
     frame: pl.DataFrame
@@ -87,6 +89,7 @@ class CandleFetch:
     retries: int
     duplicates_dropped: int
     rows_outside_window: int
+    server_time: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class _Tally:
 
     requests: int = 0
     retries: int = 0
+    server_time: dt.datetime | None = None
 
 
 class _RetryableError(Exception):
@@ -383,6 +387,7 @@ class ISSClient:
             retries=tally.retries,
             duplicates_dropped=combined.height - unique.height,
             rows_outside_window=outside,
+            server_time=tally.server_time,
         )
 
     def _get_json(self, path: str, params: dict[str, str], tally: _Tally) -> tuple[Any, str]:
@@ -396,6 +401,7 @@ class ISSClient:
                 with self._semaphore:
                     response = self._http.get(url, params=params)
                 payload = _decode(response)
+                tally.server_time = _server_time(response) or tally.server_time
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 # DecodingError: a body whose gzip/deflate stream broke off, i.e. a truncated answer.
                 reason, retry_after = _describe(exc), None
@@ -487,6 +493,18 @@ def _decode(response: httpx.Response) -> Any:
             f"the response is a JSON {type(payload).__name__}, not an object or array", url=str(response.url)
         )
     return payload
+
+
+def _server_time(response: httpx.Response) -> dt.datetime | None:
+    """The response's ``Date`` header as an aware datetime, or ``None`` when absent or unreadable."""
+    value = response.headers.get("Date")
+    if not value:
+        return None
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def _retry_after_seconds(value: str | None) -> float | None:

@@ -1,6 +1,5 @@
 """The ``securities`` asset: reference data of every registered security, refreshed from ISS."""
 
-from __future__ import annotations
 
 import dagster as dg
 
