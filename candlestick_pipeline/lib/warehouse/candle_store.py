@@ -1,0 +1,287 @@
+"""Candles in the warehouse: replace whole windows atomically, read them back, count them.
+
+A window is half-open ``[start, end)`` over ``begin``, in naive Moscow wall-clock time. A replace
+deletes the window of one (secid, board, timeframe) and bulk-inserts the new frame in one
+transaction, so readers see either the old window or the new one, and a retried or corrected load
+leaves exactly one copy of each candle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+
+from candlestick_pipeline.lib.frames import CANDLE_SCHEMA, conform, empty_candles
+from candlestick_pipeline.lib.securities import SecurityKey
+from candlestick_pipeline.lib.timeframes import MOSCOW, get_timeframe, to_moscow_naive
+from candlestick_pipeline.lib.warehouse.copy_binary import binary_copy_chunks
+from candlestick_pipeline.lib.warehouse.engine import is_postgres, lock_key, write_transaction
+from candlestick_pipeline.lib.warehouse.schema import CANDLE_VALUE_COLUMNS, candles
+
+Window = tuple[dt.datetime, dt.datetime]
+
+_MAX_ROWS_IN_MESSAGE = 5
+_SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S"
+_KEY_COLUMNS = ("secid", "board", "timeframe")
+_INSERT_COLUMNS = (*_KEY_COLUMNS, *CANDLE_VALUE_COLUMNS)
+_QUOTED_COLUMNS = ", ".join(f'"{name}"' for name in _INSERT_COLUMNS)
+_SQLITE_INSERT = f"INSERT INTO candles ({_QUOTED_COLUMNS}) VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)})"
+_PG_COPY = f"COPY candles ({_QUOTED_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+_FLOAT_COLUMNS = ("open", "high", "low", "close", "value")
+
+
+# --- validation (pure, before any database work) -------------------------------------------------
+
+
+def _normalize_windows(windows: Iterable[Window]) -> list[Window]:
+    """Windows as naive Moscow bounds, sorted, with overlapping or touching windows merged."""
+    normalized: list[Window] = []
+    for start, end in windows:
+        start_local, end_local = to_moscow_naive(start), to_moscow_naive(end)
+        if end_local <= start_local:
+            raise ValueError(f"empty window [{start_local}, {end_local})")
+        normalized.append((start_local, end_local))
+    if not normalized:
+        raise ValueError("no windows given")
+    normalized.sort()
+    merged = [normalized[0]]
+    for start, end in normalized[1:]:
+        last_start, last_end = merged[-1]
+        if start <= last_end:
+            merged[-1] = (last_start, max(last_end, end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _naive_moscow(frame: pl.DataFrame) -> pl.DataFrame:
+    """Convert tz-aware ``begin``/``end`` columns to naive Moscow time (``conform`` would drop the zone)."""
+    aware = [
+        name
+        for name, dtype in frame.schema.items()
+        if name in ("begin", "end") and isinstance(dtype, pl.Datetime) and dtype.time_zone is not None
+    ]
+    if not aware:
+        return frame
+    return frame.with_columns(
+        pl.col(name).dt.convert_time_zone(MOSCOW.key).dt.replace_time_zone(None) for name in aware
+    )
+
+
+def _conformed(frame: pl.DataFrame) -> pl.DataFrame:
+    try:
+        return conform(_naive_moscow(frame))
+    except pl.exceptions.PolarsError as exc:
+        raise ValueError(
+            f"candle frame does not fit the candle schema {dict(CANDLE_SCHEMA)}: {exc}; "
+            f"its schema is {dict(frame.schema)}"
+        ) from exc
+
+
+def _describe_rows(bad: pl.DataFrame) -> str:
+    shown = bad.head(_MAX_ROWS_IN_MESSAGE)
+    parts = [f"row {row} (begin {begin})" for row, begin in shown.select("row", "begin").iter_rows()]
+    more = f" and {bad.height - shown.height} more" if bad.height > shown.height else ""
+    return ", ".join(parts) + more
+
+
+def _inside_windows(windows: Sequence[Window]) -> pl.Expr:
+    """Whether ``begin`` lies in one of the sorted, disjoint ``windows``."""
+    starts = pl.lit(pl.Series([start for start, _ in windows], dtype=pl.Datetime("us")))
+    ends = pl.lit(pl.Series([end for _, end in windows], dtype=pl.Datetime("us")))
+    # The last window starting at or before a begin is the only one that can contain it.
+    index = starts.search_sorted(pl.col("begin"), side="right").cast(pl.Int64) - 1
+    return ((index >= 0) & (pl.col("begin") < ends.gather(index.clip(lower_bound=0)))).fill_null(False)
+
+
+def _problem_masks(windows: Sequence[Window]) -> dict[str, pl.Expr]:
+    """What makes a row invalid, one boolean expression per kind of problem."""
+    begin_known = pl.col("begin").is_not_null()
+    shown = ", ".join(f"[{start}, {end})" for start, end in windows[:3])
+    more = f" (+{len(windows) - 3} more)" if len(windows) > 3 else ""
+    return {
+        "with nulls": pl.any_horizontal(pl.all().is_null()),
+        "with NaN": pl.any_horizontal(pl.col(_FLOAT_COLUMNS).is_nan()).fill_null(False),
+        "with sub-second begin/end": pl.any_horizontal(
+            (pl.col(name).dt.microsecond() != 0) for name in ("begin", "end")
+        ).fill_null(False),
+        f"with begin outside the window(s) {shown}{more}": begin_known & ~_inside_windows(windows),
+        "with a duplicate begin": begin_known & pl.col("begin").is_duplicated(),
+    }
+
+
+def _obviously_valid(frame: pl.DataFrame, windows: Sequence[Window]) -> bool:
+    """A cheap whole-frame test that accepts a valid frame (the usual case) without per-row masks."""
+    if frame.is_empty():
+        return True
+    if any(frame.null_count().row(0)):
+        return False
+    begin = pl.col("begin")
+    first, last, distinct, nan, sub_second = frame.select(
+        begin.min().alias("first"),
+        begin.max().alias("last"),
+        begin.n_unique().alias("distinct"),
+        pl.any_horizontal(pl.col(_FLOAT_COLUMNS).is_nan().any()).alias("nan"),
+        pl.any_horizontal((pl.col(name).dt.microsecond() != 0).any() for name in ("begin", "end")).alias(
+            "sub"
+        ),
+    ).row(0)
+    inside_one_window = any(start <= first and last < end for start, end in windows)
+    return inside_one_window and distinct == frame.height and not nan and not sub_second
+
+
+def validate_candles(frame: pl.DataFrame, windows: Sequence[Window]) -> pl.DataFrame:
+    """The frame conformed to ``CANDLE_SCHEMA`` and sorted by ``begin``, or ``ValueError`` naming bad rows.
+
+    ``windows`` must be normalized (sorted, disjoint, naive). Rows are numbered from 0 in the
+    caller's frame order. Checked: no nulls or NaN, whole-second timestamps, every ``begin`` inside
+    a window, no ``begin`` twice.
+    """
+    conformed = _conformed(frame)
+    if not _obviously_valid(conformed, windows):
+        masks = _problem_masks(windows)
+        numbered = conformed.with_row_index("row")
+        problems = [
+            f"{bad.height} row(s) {what}: {_describe_rows(bad)}"
+            for what, mask in masks.items()
+            if (bad := numbered.filter(mask)).height
+        ]
+        if problems:
+            raise ValueError("invalid candle frame: " + "; ".join(problems))
+    return conformed if conformed["begin"].is_sorted() else conformed.sort("begin")
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def series_lock_parts(key: SecurityKey, timeframe: str) -> tuple[str, ...]:
+    """The lock name that serializes writers of one (secid, board, timeframe) series."""
+    return ("candles", key.secid, key.board, timeframe)
+
+
+def _series_filter(key: SecurityKey, timeframe: str | None = None) -> list[sa.ColumnElement[bool]]:
+    clauses = [candles.c.secid == key.secid, candles.c.board == key.board]
+    if timeframe is not None:
+        clauses.append(candles.c.timeframe == timeframe)
+    return clauses
+
+
+def _delete_windows(conn: sa.Connection, key: SecurityKey, timeframe: str, windows: Sequence[Window]) -> int:
+    deleted = 0
+    for start, end in windows:
+        result = conn.execute(
+            sa.delete(candles).where(
+                *_series_filter(key, timeframe), candles.c.begin >= start, candles.c.begin < end
+            )
+        )
+        deleted += result.rowcount
+    return deleted
+
+
+def _copy_postgres(conn: sa.Connection, key: SecurityKey, timeframe: str, frame: pl.DataFrame) -> None:
+    driver_connection = conn.connection.driver_connection
+    with driver_connection.cursor() as cursor, cursor.copy(_PG_COPY) as copy:  # type: ignore[union-attr]
+        for chunk in binary_copy_chunks(frame, (key.secid, key.board, timeframe)):
+            copy.write(chunk)
+
+
+def _insert_rows_sqlite(conn: sa.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(_SQLITE_INSERT, rows)
+    finally:
+        cursor.close()
+
+
+def _bulk_insert(conn: sa.Connection, key: SecurityKey, timeframe: str, frame: pl.DataFrame) -> None:
+    """Insert a validated frame with the driver's bulk path (COPY BINARY / executemany)."""
+    if frame.is_empty():
+        return
+    if is_postgres(conn):
+        _copy_postgres(conn, key, timeframe, frame)
+    else:
+        prefix = [
+            pl.lit(value).alias(name)
+            for name, value in zip(_KEY_COLUMNS, (key.secid, key.board, timeframe), strict=True)
+        ]
+        # Text timestamps formatted by polars in bulk, not per row in Python.
+        timestamps = [pl.col(name).dt.strftime(_SQLITE_TIMESTAMP) for name in ("begin", "end")]
+        _insert_rows_sqlite(conn, frame.select(*prefix, *timestamps, *_FLOAT_COLUMNS, "volume").iter_rows())
+
+
+def replace_candles_many(
+    engine: sa.Engine,
+    key: SecurityKey,
+    timeframe: str,
+    windows: Sequence[Window],
+    frame: pl.DataFrame,
+) -> int:
+    """Replace several windows of one series in ONE transaction; returns the rows written.
+
+    For a run that covers many partitions at once. Windows are merged where they overlap or touch,
+    each merged range is deleted, then the frame is inserted. Every ``begin`` must fall inside one
+    of the windows. Validation happens before the database is touched (``ValueError``).
+    """
+    get_timeframe(timeframe)
+    merged = _normalize_windows(windows)
+    valid = validate_candles(frame, merged)
+    with write_transaction(engine) as conn:
+        # Concurrent loads of the same series queue here, so the result is one complete load.
+        lock_key(conn, *series_lock_parts(key, timeframe))
+        _delete_windows(conn, key, timeframe, merged)
+        _bulk_insert(conn, key, timeframe, valid)
+    return valid.height
+
+
+def replace_candles(
+    engine: sa.Engine,
+    key: SecurityKey,
+    timeframe: str,
+    window_start: dt.datetime,
+    window_end: dt.datetime,
+    frame: pl.DataFrame,
+) -> int:
+    """Replace exactly ``[window_start, window_end)`` of (secid, board, timeframe) with ``frame``.
+
+    One transaction: delete that window, bulk-insert the frame, commit; returns the rows written.
+    Bounds are naive Moscow datetimes (aware ones are converted). The frame must conform to
+    ``CANDLE_SCHEMA`` with every ``begin`` inside the window and no ``begin`` twice, otherwise
+    ``ValueError`` names the offending rows and nothing is written. Concurrent replaces of the same
+    series serialize; an error mid-way rolls back and leaves the previous rows intact.
+    """
+    return replace_candles_many(engine, key, timeframe, [(window_start, window_end)], frame)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def read_candles(
+    engine: sa.Engine, key: SecurityKey, timeframe: str, start: dt.datetime, end: dt.datetime
+) -> pl.DataFrame:
+    """Candles of one series with ``begin`` in ``[start, end)``, sorted by ``begin``, as ``CANDLE_SCHEMA``."""
+    columns = [candles.c[name] for name in CANDLE_VALUE_COLUMNS]
+    query = (
+        sa.select(*columns)
+        .where(*_series_filter(key, timeframe), candles.c.begin >= start, candles.c.begin < end)
+        .order_by(candles.c.begin)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    if not rows:
+        return empty_candles()
+    return pl.DataFrame([tuple(row) for row in rows], schema=CANDLE_SCHEMA, orient="row")
+
+
+def count_candles(engine: sa.Engine, key: SecurityKey | None = None, timeframe: str | None = None) -> int:
+    """How many candles the warehouse holds, optionally of one security and/or one timeframe."""
+    query = sa.select(sa.func.count()).select_from(candles)
+    if key is not None:
+        query = query.where(*_series_filter(key))
+    if timeframe is not None:
+        query = query.where(candles.c.timeframe == timeframe)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
