@@ -13,9 +13,10 @@ from contextlib import contextmanager
 
 import click
 import dagster as dg
+import sqlalchemy as sa
 
 from candlestick_pipeline import config
-from candlestick_pipeline.defs.candles.partitions import multi_key, date_keys_between, security_partition
+from candlestick_pipeline.defs.candles.partitions import SECURITIES_PARTITIONS, date_keys_between, multi_key
 from candlestick_pipeline.defs.iss.client import ISSClient
 from candlestick_pipeline.defs.iss.errors import ISSError
 from candlestick_pipeline.lib import warehouse
@@ -49,7 +50,7 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def _engine() -> warehouse.sa.Engine:
+def _engine() -> sa.Engine:
     engine = warehouse.create_warehouse_engine(config.warehouse_dsn())
     warehouse.migrate(engine)
     return engine
@@ -84,8 +85,8 @@ def create_security(secid: str, board: str | None) -> None:
         finally:
             engine.dispose()
         key = info.key.partition_key
-        if not instance.has_dynamic_partition(security_partition.name, key):
-            instance.add_dynamic_partitions(security_partition.name, [key])
+        if not instance.has_dynamic_partition(SECURITIES_PARTITIONS, key):
+            instance.add_dynamic_partitions(SECURITIES_PARTITIONS, [key])
     primary = "primary board" if info.is_primary else "not its primary board"
     click.echo(
         f"added {key}: {info.shortname or info.name or info.secid} "
@@ -106,8 +107,8 @@ def remove_security(key: str, delete_candles: bool) -> None:
             deleted = warehouse.delete_security(engine, security, delete_candles=delete_candles)
         finally:
             engine.dispose()
-        if instance.has_dynamic_partition(security_partition.name, security.partition_key):
-            instance.delete_dynamic_partition(security_partition.name, security.partition_key)
+        if instance.has_dynamic_partition(SECURITIES_PARTITIONS, security.partition_key):
+            instance.delete_dynamic_partition(SECURITIES_PARTITIONS, security.partition_key)
     click.echo(f"removed {security}" + (f" and {deleted} candles" if delete_candles else ""))
 
 
@@ -116,7 +117,7 @@ def list_securities() -> None:
     """List registered securities: partition key, names, engine/market."""
     with _user_errors():
         instance = _instance()
-        registered = set(instance.get_dynamic_partitions(security_partition.name))
+        registered = set(instance.get_dynamic_partitions(SECURITIES_PARTITIONS))
         engine = _engine()
         try:
             infos = warehouse.list_securities(engine)
@@ -157,17 +158,21 @@ def load(key: str, timeframe_name: str, date_from: str, date_till: str, refresh:
         timeframe = get_timeframe(timeframe_name)
         security = _parse_key(key)
         instance = _instance()
-        if not instance.has_dynamic_partition(security_partition.name, security.partition_key):
-            raise _UserError(f"{security} is not registered: run `candlestick create-security "
-                             f"{security.secid} {security.board}` first")
+        if not instance.has_dynamic_partition(SECURITIES_PARTITIONS, security.partition_key):
+            raise _UserError(
+                f"{security} is not registered: run `candlestick create-security "
+                f"{security.secid} {security.board}` first"
+            )
         all_keys = date_keys_between(timeframe, first, last)
         if not all_keys:
             raise _UserError(f"no {timeframe.name} partitions between {first} and {last}")
         states = partition_states(instance, timeframe, security, all_keys)
         wanted = all_keys if refresh else [s.date_key for s in states if s.needs_load]
         runs = contiguous_runs(wanted, all_keys)
-        click.echo(f"{security} {timeframe.name}: {len(all_keys)} partition(s), "
-                   f"{len(all_keys) - len(wanted)} already loaded, {len(wanted)} to load in {len(runs)} run(s)")
+        click.echo(
+            f"{security} {timeframe.name}: {len(all_keys)} partition(s), "
+            f"{len(all_keys) - len(wanted)} already loaded, {len(wanted)} to load in {len(runs)} run(s)"
+        )
         if dry_run or not runs:
             return
         failed = _execute_runs(instance, timeframe.asset_name, security, runs)
@@ -175,7 +180,9 @@ def load(key: str, timeframe_name: str, date_from: str, date_till: str, refresh:
         raise _UserError(f"{failed} run(s) failed; see the Dagster UI or `dagster run list`")
 
 
-def _execute_runs(instance: dg.DagsterInstance, asset_name: str, security: SecurityKey, runs: list[list[str]]) -> int:
+def _execute_runs(
+    instance: dg.DagsterInstance, asset_name: str, security: SecurityKey, runs: list[list[str]]
+) -> int:
     from candlestick_pipeline.definitions import defs
 
     job = defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey(asset_name)])

@@ -14,13 +14,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-ADMIN_DSN = os.environ.get(
-    "CANDLESTICK_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+ADMIN_DSN = os.environ.get("CANDLESTICK_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ISS_SAMPLES = Path(
-    os.environ.get("CANDLESTICK_ISS_SAMPLES", REPO_ROOT.parent / "shared" / "iss-samples")
-)
+ISS_SAMPLES = Path(os.environ.get("CANDLESTICK_ISS_SAMPLES", REPO_ROOT.parent / "shared" / "iss-samples"))
 
 
 def _admin_connect() -> psycopg.Connection:
@@ -80,7 +76,7 @@ def iss_samples() -> Path:
 
 
 @pytest.fixture
-def standin() -> Iterator["ISSStandIn"]:  # noqa: F821 - imported lazily below
+def standin() -> Iterator[ISSStandIn]:  # noqa: F821 - imported lazily below
     """A fresh ISS stand-in on 127.0.0.1 (ephemeral port), stopped after the test."""
     from candlestick_pipeline.standin.server import ISSStandIn
 

@@ -24,9 +24,7 @@ def normalize_secid(raw: str) -> str:
     """Strip surrounding white space; refuse characters no ISS secid has. Case is kept."""
     secid = raw.strip()
     if not _SECID_RE.fullmatch(secid):
-        raise InvalidSecurityKeyError(
-            f"invalid secid {raw!r}: expected 1-36 letters, digits, '_' or '-'"
-        )
+        raise InvalidSecurityKeyError(f"invalid secid {raw!r}: expected 1-36 letters, digits, '_' or '-'")
     return secid
 
 

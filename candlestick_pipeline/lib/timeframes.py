@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 MOSCOW = ZoneInfo("Europe/Moscow")
 
 
-class Grain(str, Enum):
+class Grain(StrEnum):
     """The time grain of a partition (the length of one partition's window)."""
 
     DAY = "day"

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import email.utils
 import datetime as dt
+import email.utils
 import json
 import random
 import re

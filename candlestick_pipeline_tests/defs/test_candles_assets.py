@@ -42,7 +42,9 @@ def resources(standin: ISSStandIn, warehouse_dsn: str) -> dict[str, object]:
     }
 
 
-def _register(instance: dg.DagsterInstance, standin: ISSStandIn, dsn: str, secid: str, board: str | None) -> SecurityKey:
+def _register(
+    instance: dg.DagsterInstance, standin: ISSStandIn, dsn: str, secid: str, board: str | None
+) -> SecurityKey:
     with ISSClient(standin.base_url) as client:
         info = client.get_security(secid, board)
     engine = warehouse.create_warehouse_engine(dsn)
@@ -61,7 +63,9 @@ def _stored(dsn: str, key: SecurityKey, tf: str, start: dt.datetime, end: dt.dat
         engine.dispose()
 
 
-def _source(standin: ISSStandIn, key: SecurityKey, interval: int, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
+def _source(
+    standin: ISSStandIn, key: SecurityKey, interval: int, start: dt.datetime, end: dt.datetime
+) -> pl.DataFrame:
     return standin.market.candles_frame(key.secid, key.board, interval, start, end, NOW)
 
 
@@ -104,7 +108,10 @@ def test_a_range_is_one_run_and_today_is_not_final(
 ) -> None:
     key = _register(instance, standin, warehouse_dsn, "SBER", None)
     result = dg.materialize(
-        [ASSETS["candles_1h"]], instance=instance, resources=resources, tags=_range_tags(key, "2025-01-01", "2025-06-01")
+        [ASSETS["candles_1h"]],
+        instance=instance,
+        resources=resources,
+        tags=_range_tags(key, "2025-01-01", "2025-06-01"),
     )
     assert result.success
     mats = result.asset_materializations_for_node("candles_1h")
@@ -114,8 +121,15 @@ def test_a_range_is_one_run_and_today_is_not_final(
     assert finals[str(multi_key(key, "2025-05-01"))] is True
     window = (dt.datetime(2025, 1, 1), dt.datetime(2025, 7, 1))
     _assert_same(_stored(warehouse_dsn, key, "1h", *window), _source(standin, key, 60, *window))
-    states = {s.date_key: s.state for s in partition_states(instance, TIMEFRAMES["1h"], key, ["2025-05-01", "2025-06-01", "2025-07-01"])}
-    assert states == {"2025-05-01": LoadState.FINAL, "2025-06-01": LoadState.STALE, "2025-07-01": LoadState.MISSING}
+    states = {
+        s.date_key: s.state
+        for s in partition_states(instance, TIMEFRAMES["1h"], key, ["2025-05-01", "2025-06-01", "2025-07-01"])
+    }
+    assert states == {
+        "2025-05-01": LoadState.FINAL,
+        "2025-06-01": LoadState.STALE,
+        "2025-07-01": LoadState.MISSING,
+    }
 
 
 def test_rerun_and_correction_replace_without_duplicates(
@@ -125,10 +139,14 @@ def test_rerun_and_correction_replace_without_duplicates(
     pk = str(multi_key(key, "2025-06-03"))
     day = (dt.datetime(2025, 6, 3), dt.datetime(2025, 6, 4))
     for _ in range(2):
-        assert dg.materialize([ASSETS["candles_1m"]], instance=instance, resources=resources, partition_key=pk).success
+        assert dg.materialize(
+            [ASSETS["candles_1m"]], instance=instance, resources=resources, partition_key=pk
+        ).success
     _assert_same(_stored(warehouse_dsn, key, "1m", *day), _source(standin, key, 1, *day))
     standin.set_revision(1)
-    assert dg.materialize([ASSETS["candles_1m"]], instance=instance, resources=resources, partition_key=pk).success
+    assert dg.materialize(
+        [ASSETS["candles_1m"]], instance=instance, resources=resources, partition_key=pk
+    ).success
     _assert_same(_stored(warehouse_dsn, key, "1m", *day), _source(standin, key, 1, *day))
 
 

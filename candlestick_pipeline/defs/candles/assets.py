@@ -6,7 +6,6 @@ timeframe x window in the warehouse, so reruns and corrections never duplicate. 
 the record of what is loaded: nothing else tracks "loaded spans".
 """
 
-
 import datetime as dt
 
 import dagster as dg
@@ -55,7 +54,7 @@ def _registered_security(warehouse: WarehouseResource, part: CandlePartition) ->
     return info
 
 
-def _summary(loads: list[PartitionLoad]) -> dict[str, object]:
+def _summary(loads: list[PartitionLoad]) -> dict[str, int]:
     return {
         "run_partitions": len(loads),
         "run_rows": sum(load.rows for load in loads),

@@ -8,7 +8,6 @@ Dagster records a check result per partition in single-partition runs; in a rang
 one result for the run (DAGSTER-DATASETTE-FACTS G10), whose metadata names the failing partitions.
 """
 
-
 import datetime as dt
 import statistics
 from collections.abc import Iterable, Sequence
@@ -132,7 +131,9 @@ def evaluate_partition(
         findings.add(CHECK_INSIDE, part.date_key, f"{outside.height} candle(s) outside, first {_fmt(first)}")
     off_grid = check_aligned(frame, timeframe)
     if off_grid:
-        findings.add(CHECK_ALIGNED, part.date_key, f"{len(off_grid)} off-grid begin(s), first {_fmt(off_grid[0])}")
+        findings.add(
+            CHECK_ALIGNED, part.date_key, f"{len(off_grid)} off-grid begin(s), first {_fmt(off_grid[0])}"
+        )
 
 
 def _daily_counts(frame: pl.DataFrame) -> dict[dt.date, int]:
@@ -163,7 +164,9 @@ def _results(findings: CheckFindings, checked: int, asset_key: dg.AssetKey) -> l
 
 
 def _run_parts(context: dg.AssetCheckExecutionContext, timeframe: Timeframe) -> list[CandlePartition]:
-    return sorted((parse_candle_partition(timeframe, key) for key in context.partition_keys), key=lambda p: p.start)
+    return sorted(
+        (parse_candle_partition(timeframe, key) for key in context.partition_keys), key=lambda p: p.start
+    )
 
 
 def build_candle_checks(timeframe: Timeframe) -> dg.AssetChecksDefinition:
@@ -177,7 +180,9 @@ def build_candle_checks(timeframe: Timeframe) -> dg.AssetChecksDefinition:
     ]
 
     @dg.multi_asset_check(specs=specs, name=f"{timeframe.asset_name}_checks", can_subset=False)
-    def _checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> Iterable[dg.AssetCheckResult]:
+    def _checks(
+        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    ) -> Iterable[dg.AssetCheckResult]:
         parts = _run_parts(context, timeframe)
         findings = CheckFindings()
         daily: dict[dt.date, int] = {}
@@ -188,7 +193,9 @@ def build_candle_checks(timeframe: Timeframe) -> dg.AssetChecksDefinition:
         if any(spec.name == CHECK_SPARSE for spec in specs) and parts:
             _evaluate_sparse(findings, warehouse, timeframe, parts, daily)
         wanted = {spec.name for spec in specs}
-        yield from (result for result in _results(findings, len(parts), asset_key) if result.check_name in wanted)
+        yield from (
+            result for result in _results(findings, len(parts), asset_key) if result.check_name in wanted
+        )
 
     return _checks
 

@@ -24,7 +24,8 @@ SECURITY_DIMENSION = "security"
 DATE_DIMENSION = "date"
 DATE_FORMAT = "%Y-%m-%d"
 
-security_partition = dg.DynamicPartitionsDefinition(name="securities")
+SECURITIES_PARTITIONS = "securities"
+security_partition = dg.DynamicPartitionsDefinition(name=SECURITIES_PARTITIONS)
 
 _CRON_BY_GRAIN = {
     Grain.DAY: "0 0 * * *",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import dagster as dg
 
@@ -19,7 +19,7 @@ from candlestick_pipeline.lib.securities import SecurityKey
 from candlestick_pipeline.lib.timeframes import MOSCOW, Timeframe
 
 
-class LoadState(str, Enum):
+class LoadState(StrEnum):
     """Where one partition stands."""
 
     MISSING = "missing"  # never materialized

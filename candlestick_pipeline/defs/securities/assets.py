@@ -1,9 +1,8 @@
 """The ``securities`` asset: reference data of every registered security, refreshed from ISS."""
 
-
 import dagster as dg
 
-from candlestick_pipeline.defs.candles.partitions import security_partition
+from candlestick_pipeline.defs.candles.partitions import SECURITIES_PARTITIONS
 from candlestick_pipeline.defs.iss.errors import ISSError
 from candlestick_pipeline.defs.iss.resource import ISSResource
 from candlestick_pipeline.defs.warehouse.resource import WarehouseResource
@@ -20,7 +19,7 @@ def securities(
     One security that ISS no longer knows does not stop the others: they are all refreshed, then
     the run fails naming the ones that could not be resolved.
     """
-    keys = sorted(context.instance.get_dynamic_partitions(security_partition.name))
+    keys = sorted(context.instance.get_dynamic_partitions(SECURITIES_PARTITIONS))
     client = iss.get_client()
     refreshed: list[str] = []
     problems: dict[str, str] = {}
