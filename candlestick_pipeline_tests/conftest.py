@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -35,16 +35,34 @@ def _pg_url(dbname: str) -> str:
 
 
 @pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database; yields its name and drops it afterwards."""
-    name = f"cp_test_{uuid.uuid4().hex[:12]}"
-    with _admin_connect() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+def make_pg_database() -> Iterator[Callable[[], str]]:
+    """Creates fresh, empty PostgreSQL databases on demand; drops them all afterwards."""
+    created: list[str] = []
+
+    def _make() -> str:
+        name = f"cp_test_{uuid.uuid4().hex[:12]}"
+        with _admin_connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return name
+
     try:
-        yield name
+        yield _make
     finally:
         with _admin_connect() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            for name in created:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_database(make_pg_database: Callable[[], str]) -> str:
+    """A fresh, empty PostgreSQL database (its name), dropped after the test."""
+    return make_pg_database()
+
+
+def pg_url(dbname: str, driver: str = "psycopg") -> str:
+    """SQLAlchemy URL of a test database (``psycopg2`` for Dagster's own storage)."""
+    return _pg_url(dbname).replace("+psycopg:", f"+{driver}:")
 
 
 @pytest.fixture

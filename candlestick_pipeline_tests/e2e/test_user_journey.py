@@ -1,0 +1,103 @@
+"""A user's first hour, through real processes: the project CLI and Dagster's CLI.
+
+Runs once on the embedded default (SQLite everywhere) and once in the production shape
+(Dagster storage and warehouse in PostgreSQL), against the ISS stand-in over HTTP.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from candlestick_pipeline.lib import warehouse
+from candlestick_pipeline.lib.securities import SecurityKey
+from candlestick_pipeline_tests.e2e.conftest import Project
+
+NOW = dt.datetime(2025, 6, 10, 15, 0)
+SBER = SecurityKey("SBER", "TQBR")
+MATERIALIZE = ("dagster", "asset", "materialize", "-m", "candlestick_pipeline.definitions")
+
+pytestmark = pytest.mark.e2e
+
+
+def _assert_warehouse_equals_source(
+    project: Project, key: SecurityKey, timeframe: str, interval: int, start: dt.datetime, end: dt.datetime
+) -> int:
+    engine = warehouse.create_warehouse_engine(project.warehouse_dsn)
+    try:
+        stored = warehouse.read_candles(engine, key, timeframe, start, end)
+    finally:
+        engine.dispose()
+    source = project.standin.market.candles_frame(key.secid, key.board, interval, start, end, NOW)
+    assert stored.height == source.height > 0
+    assert stored.select(source.columns).equals(source)
+    return stored.height
+
+
+def _requested_from_dates(project: Project) -> set[str]:
+    return {entry["from"] for entry in project.standin.stats.snapshot()["candle_requests_log"]}
+
+
+@pytest.mark.parametrize("project_fixture", ["sqlite_project", "postgres_project"])
+def test_add_securities_backfill_and_reload_only_what_is_missing(
+    request: pytest.FixtureRequest, project_fixture: str
+) -> None:
+    project: Project = request.getfixturevalue(project_fixture)
+    project.standin.set_now(NOW)
+
+    unknown = project.run("candlestick", "create-security", "NOSUCH", check=False)
+    assert unknown.returncode == 2 and "ISS has no security 'NOSUCH'" in unknown.stderr
+    wrong_board = project.run("candlestick", "create-security", "SBER", "TQOB", check=False)
+    assert wrong_board.returncode == 2 and "TQBR" in wrong_board.stderr
+    assert project.run("candlestick", "list-securities").stdout == ""
+
+    project.run("candlestick", "create-security", "SU26238RMFS4", "TQOB")
+    project.run("candlestick", "create-security", "SBER")
+    listing = project.run("candlestick", "list-securities").stdout
+    assert "SBER.TQBR" in listing and "SU26238RMFS4.TQOB" in listing and "NOSUCH" not in listing
+
+    # A month of hourly candles and a week of minute candles, through Dagster's own CLI.
+    project.run(*MATERIALIZE, "--select", "candles_1h", "--partition", "2025-05-01|SBER.TQBR")
+    week = "2025-06-02|SBER.TQBR...2025-06-08|SBER.TQBR"
+    project.run(*MATERIALIZE, "--select", "candles_1m", "--partition-range", week)
+    _assert_warehouse_equals_source(project, SBER, "1h", 60, dt.datetime(2025, 5, 1), dt.datetime(2025, 6, 1))
+    _assert_warehouse_equals_source(project, SBER, "1m", 1, dt.datetime(2025, 6, 2), dt.datetime(2025, 6, 9))
+
+    # A partly loaded range: only the missing days are fetched.
+    project.standin.reset_stats()
+    out = project.run("candlestick", "load", "SBER.TQBR", "-t", "1m", "--from", "2025-05-30", "--till", "2025-06-09")
+    assert "11 partition(s), 7 already loaded, 4 to load in 2 run(s)" in out.stdout
+    assert _requested_from_dates(project) == {"2025-05-30", "2025-05-31", "2025-06-01", "2025-06-09"}
+    _assert_warehouse_equals_source(project, SBER, "1m", 1, dt.datetime(2025, 5, 30), dt.datetime(2025, 6, 10))
+
+    # A fully loaded range makes no candle request at all.
+    project.standin.reset_stats()
+    out = project.run("candlestick", "load", "SBER.TQBR", "-t", "1m", "--from", "2025-05-30", "--till", "2025-06-09")
+    assert "0 to load" in out.stdout
+    assert project.standin.candle_requests() == 0
+
+    # The seed's bond was added by the seed's command and loads too.
+    project.run(*MATERIALIZE, "--select", "candles_1d", "--partition", "2025-01-01|SU26238RMFS4.TQOB")
+    bond = SecurityKey("SU26238RMFS4", "TQOB")
+    _assert_warehouse_equals_source(project, bond, "1d", 24, dt.datetime(2025, 1, 1), dt.datetime(2026, 1, 1))
+
+
+def test_bad_partition_keys_on_the_dagster_cli_write_nothing(sqlite_project: Project) -> None:
+    project = sqlite_project
+    project.standin.set_now(NOW)
+    project.run("candlestick", "create-security", "SBER")
+    for args in (
+        ("--partition", "SBER.TQBR|2025-06-02"),
+        ("--partition", "2025-06-02|NOPE.TQBR"),
+        ("--partition-range", "2025-06-02|SBER.TQBR...2025-06-03|GAZP.TQBR"),
+    ):
+        proc = project.run(*MATERIALIZE, "--select", "candles_1m", *args, check=False)
+        assert proc.returncode != 0, args
+        assert "Partition" in proc.stderr or "partition" in proc.stderr
+    assert project.standin.candle_requests() == 0
+    engine = warehouse.create_warehouse_engine(project.warehouse_dsn)
+    try:
+        assert warehouse.count_candles(engine) == 0
+    finally:
+        engine.dispose()
