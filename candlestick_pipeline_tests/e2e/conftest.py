@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from candlestick_pipeline_tests.conftest import REPO_ROOT, pg_url
 from candlestick_pipeline.standin.server import ISSStandIn
+from candlestick_pipeline_tests.conftest import REPO_ROOT, pg_url
 
 BIN = Path(sys.executable).parent
 

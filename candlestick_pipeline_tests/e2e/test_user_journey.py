@@ -66,14 +66,20 @@ def test_add_securities_backfill_and_reload_only_what_is_missing(
 
     # A partly loaded range: only the missing days are fetched.
     project.standin.reset_stats()
-    out = project.run("candlestick", "load", "SBER.TQBR", "-t", "1m", "--from", "2025-05-30", "--till", "2025-06-09")
+    out = project.run(
+        "candlestick", "load", "SBER.TQBR", "-t", "1m", "--from", "2025-05-30", "--till", "2025-06-09"
+    )
     assert "11 partition(s), 7 already loaded, 4 to load in 2 run(s)" in out.stdout
     assert _requested_from_dates(project) == {"2025-05-30", "2025-05-31", "2025-06-01", "2025-06-09"}
-    _assert_warehouse_equals_source(project, SBER, "1m", 1, dt.datetime(2025, 5, 30), dt.datetime(2025, 6, 10))
+    _assert_warehouse_equals_source(
+        project, SBER, "1m", 1, dt.datetime(2025, 5, 30), dt.datetime(2025, 6, 10)
+    )
 
     # A fully loaded range makes no candle request at all.
     project.standin.reset_stats()
-    out = project.run("candlestick", "load", "SBER.TQBR", "-t", "1m", "--from", "2025-05-30", "--till", "2025-06-09")
+    out = project.run(
+        "candlestick", "load", "SBER.TQBR", "-t", "1m", "--from", "2025-05-30", "--till", "2025-06-09"
+    )
     assert "0 to load" in out.stdout
     assert project.standin.candle_requests() == 0
 
