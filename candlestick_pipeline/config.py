@@ -123,3 +123,67 @@ def publication_path() -> Path:
     """The SQLite file Datasette serves (``$CANDLESTICK_PUBLICATION_PATH``)."""
     env = os.environ.get("CANDLESTICK_PUBLICATION_PATH")
     return Path(env).expanduser().resolve() if env else data_dir() / "publication.db"
+
+
+def enabled_timeframes() -> tuple[str, ...]:
+    """Timeframes the automation keeps loaded (``$CANDLESTICK_TIMEFRAMES``, comma-separated)."""
+    from candlestick_pipeline.lib.timeframes import TIMEFRAMES, get_timeframe
+
+    raw = os.environ.get("CANDLESTICK_TIMEFRAMES")
+    if not raw:
+        return tuple(TIMEFRAMES)
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    try:
+        for name in names:
+            get_timeframe(name)
+    except ValueError as exc:
+        raise ConfigError(f"CANDLESTICK_TIMEFRAMES: {exc}") from None
+    return names
+
+
+def fresh_timeframes() -> tuple[str, ...]:
+    """Timeframes whose open period is re-loaded during trading (``$CANDLESTICK_FRESH_TIMEFRAMES``).
+
+    Each is one run per security per freshness tick, so the default keeps to the intraday and
+    daily bars; an empty value turns intraday freshness off.
+    """
+    raw = os.environ.get("CANDLESTICK_FRESH_TIMEFRAMES")
+    names = (
+        ("1m", "10m", "1h", "1d") if raw is None else tuple(n.strip() for n in raw.split(",") if n.strip())
+    )
+    return tuple(name for name in names if name in enabled_timeframes())
+
+
+def earliest_date() -> dt.date:
+    """History starts here unless ISS's candle borders start later (``$CANDLESTICK_EARLIEST_DATE``)."""
+    raw = os.environ.get("CANDLESTICK_EARLIEST_DATE")
+    if not raw:
+        return dt.date.fromisoformat(partitions_start())
+    try:
+        value = dt.date.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(f"CANDLESTICK_EARLIEST_DATE={raw!r} is not a YYYY-MM-DD date") from None
+    return max(value, dt.date.fromisoformat(partitions_start()))
+
+
+def freshness_minutes() -> int:
+    """How stale today's candles may get during trading (``$CANDLESTICK_FRESHNESS_MINUTES``)."""
+    return _int_env("CANDLESTICK_FRESHNESS_MINUTES", 10, minimum=1)
+
+
+def close_schedule_cron() -> str:
+    """When the closed-periods schedule runs, Moscow time (``$CANDLESTICK_CLOSE_CRON``).
+
+    Default 00:30: the evening session ends at 23:50 and anonymous ISS data lags ~15 minutes.
+    """
+    return os.environ.get("CANDLESTICK_CLOSE_CRON") or "30 0 * * *"
+
+
+def run_retries() -> int:
+    """Times a failed candle step is retried by Dagster (``$CANDLESTICK_RUN_RETRIES``)."""
+    return _int_env("CANDLESTICK_RUN_RETRIES", 2)
+
+
+def run_retry_delay_seconds() -> float:
+    """First delay before a step retry; it doubles, with jitter (``$CANDLESTICK_RUN_RETRY_DELAY_SECONDS``)."""
+    return _float_env("CANDLESTICK_RUN_RETRY_DELAY_SECONDS", 30.0)

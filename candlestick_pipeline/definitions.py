@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dagster as dg
 
+from candlestick_pipeline.defs.automation import automation_definitions
 from candlestick_pipeline.defs.candles.assets import candle_assets
 from candlestick_pipeline.defs.candles.checks import candle_checks
 from candlestick_pipeline.defs.resources import build_resources
 from candlestick_pipeline.defs.securities.assets import securities
 
-defs = dg.Definitions(
-    assets=[securities, *candle_assets],
-    asset_checks=candle_checks,
-    resources=build_resources(),
+defs = dg.Definitions.merge(
+    dg.Definitions(
+        assets=[securities, *candle_assets],
+        asset_checks=candle_checks,
+        resources=build_resources(),
+    ),
+    automation_definitions(),
 )

@@ -14,6 +14,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+# Step retries keep their shape in tests but not their 30-second delays.
+os.environ.setdefault("CANDLESTICK_RUN_RETRY_DELAY_SECONDS", "0.1")
+
 ADMIN_DSN = os.environ.get("CANDLESTICK_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ISS_SAMPLES = Path(os.environ.get("CANDLESTICK_ISS_SAMPLES", REPO_ROOT.parent / "shared" / "iss-samples"))

@@ -35,6 +35,7 @@ class Project:
             CANDLESTICK_DATA_DIR=str(self.home / "data"),
             ISS_BASE_URL=self.standin.base_url,
             ISS_BACKOFF_BASE_SECONDS="0.05",
+            CANDLESTICK_RUN_RETRY_DELAY_SECONDS="0.1",
             PYTHONWARNINGS="ignore",
             **self.extra_env,
         )

@@ -10,7 +10,7 @@ import datetime as dt
 
 import dagster as dg
 
-from candlestick_pipeline.config import final_after_minutes
+from candlestick_pipeline.config import final_after_minutes, run_retries, run_retry_delay_seconds
 from candlestick_pipeline.defs.candles.loading import PartitionLoad, load_partitions
 from candlestick_pipeline.defs.candles.partitions import (
     CandlePartition,
@@ -30,17 +30,18 @@ def _run_partitions(context: dg.AssetExecutionContext, timeframe: Timeframe) -> 
     if not keys:
         # Dagster turns a --partition-range across two securities into a run with no keys (G3).
         raise dg.Failure(
-            "this run selects no partitions: a partition range must start and end on the same "
-            "security, e.g. 2025-06-01|SBER.TQBR...2025-06-30|SBER.TQBR"
+            allow_retries=False,
+            description="this run selects no partitions: a partition range must start and end on the same "
+            "security, e.g. 2025-06-01|SBER.TQBR...2025-06-30|SBER.TQBR",
         )
     try:
         parts = [parse_candle_partition(timeframe, key) for key in keys]
     except (InvalidPartitionKeyError, InvalidSecurityKeyError) as exc:
-        raise dg.Failure(str(exc)) from exc
+        raise dg.Failure(str(exc), allow_retries=False) from exc
     securities_in_run = {part.security for part in parts}
     if len(securities_in_run) != 1:
         names = ", ".join(sorted(str(s) for s in securities_in_run))
-        raise dg.Failure(f"a run must cover one security, this one covers {names}")
+        raise dg.Failure(f"a run must cover one security, this one covers {names}", allow_retries=False)
     return sorted(parts, key=lambda part: part.start)
 
 
@@ -49,7 +50,8 @@ def _registered_security(warehouse: WarehouseResource, part: CandlePartition) ->
     if info is None:
         raise dg.Failure(
             f"{part.security} is not registered in the warehouse; add it with "
-            f"`candlestick create-security {part.security.secid} {part.security.board}`"
+            f"`candlestick create-security {part.security.secid} {part.security.board}`",
+            allow_retries=False,
         )
     return info
 
@@ -63,6 +65,16 @@ def _summary(loads: list[PartitionLoad]) -> dict[str, int]:
     }
 
 
+def _retry_policy() -> dg.RetryPolicy:
+    # ISS outages outlast the client's own retries; a later step retry often gets through.
+    return dg.RetryPolicy(
+        max_retries=run_retries(),
+        delay=run_retry_delay_seconds(),
+        backoff=dg.Backoff.EXPONENTIAL,
+        jitter=dg.Jitter.PLUS_MINUS,
+    )
+
+
 def build_candles_asset(timeframe: Timeframe) -> dg.AssetsDefinition:
     """The candle asset of one timeframe."""
 
@@ -73,6 +85,7 @@ def build_candles_asset(timeframe: Timeframe) -> dg.AssetsDefinition:
         deps=[securities],
         group_name="candles",
         pool="iss",
+        retry_policy=_retry_policy(),
         kinds={"sql"},
         tags={"timeframe": timeframe.name},
         description=(

@@ -57,8 +57,28 @@ def partition_states(
     now: dt.datetime | None = None,
 ) -> list[PartitionState]:
     """The load state of one security's partitions, in the order of ``date_keys``."""
+    return partition_states_many(instance, timeframe, [security], date_keys, now=now)[security]
+
+
+def partition_states_many(
+    instance: dg.DagsterInstance,
+    timeframe: Timeframe,
+    securities: Sequence[SecurityKey],
+    date_keys: Sequence[str],
+    *,
+    now: dt.datetime | None = None,
+) -> dict[SecurityKey, list[PartitionState]]:
+    """Load states of many securities' partitions with two storage queries in all.
+
+    ``now`` (aware) decides whether a not-final partition's period has closed; automation passes
+    ISS's clock so that a source whose clock differs from ours is judged by its own time.
+    """
     asset_key = dg.AssetKey(timeframe.asset_name)
-    keys = {date_key: str(multi_key(security, date_key)) for date_key in date_keys}
+    keys = {
+        (security, date_key): str(multi_key(security, date_key))
+        for security in securities
+        for date_key in date_keys
+    }
     latest = instance.get_latest_storage_id_by_partition(
         asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=set(keys.values())
     )
@@ -70,18 +90,26 @@ def partition_states(
         ).records
         final_by_storage_id = {record.storage_id: _metadata_final(record) for record in records}
     moment = now or dt.datetime.now(MOSCOW)
-    states: list[PartitionState] = []
-    for date_key, key in keys.items():
+    window_ends = (
+        {
+            date_key: parse_candle_partition(timeframe, keys[(securities[0], date_key)]).end
+            for date_key in date_keys
+        }
+        if securities
+        else {}
+    )
+    states: dict[SecurityKey, list[PartitionState]] = {security: [] for security in securities}
+    for (security, date_key), key in keys.items():
         storage_id = latest.get(key)
         if storage_id is None:
             state = LoadState.MISSING
         elif final_by_storage_id.get(storage_id, False):
             state = LoadState.FINAL
-        elif parse_candle_partition(timeframe, key).end <= moment:
+        elif window_ends[date_key] <= moment:
             state = LoadState.STALE
         else:
             state = LoadState.OPEN
-        states.append(PartitionState(date_key, state, storage_id))
+        states[security].append(PartitionState(date_key, state, storage_id))
     return states
 
 

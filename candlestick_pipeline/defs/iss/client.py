@@ -314,6 +314,20 @@ class ISSClient:
                 raise
         return [future.result() for future in futures]
 
+    def server_time(self) -> dt.datetime | None:
+        """ISS's clock: the ``Date`` header of a small request (any status), or ``None``.
+
+        Automation judges "has this period closed?" by the source's clock, so a stand-in whose
+        clock is set to another day is treated consistently.
+        """
+        try:
+            with self._semaphore:
+                response = self._http.get(f"{self._base_url}/iss/engines.json", params={"iss.meta": "off"})
+        except httpx.HTTPError:
+            return None
+        self._counters.add(requests=1)
+        return _server_time(response)
+
     def get_candle_borders(self, security: SecurityInfo) -> dict[int, tuple[dt.datetime, dt.datetime]]:
         """``{interval: (first begin, last end)}`` of the security on its board (board form)."""
         path = _board_path(security, "candleborders.json")
