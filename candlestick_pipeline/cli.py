@@ -209,8 +209,9 @@ def dev(ctx: click.Context) -> None:
     """Start the Dagster UI and daemon (``dagster dev``) with DAGSTER_HOME set to this project."""
     with _user_errors():
         home = config.dagster_home()
+        workspace = config.workspace_file()
     os.environ["DAGSTER_HOME"] = str(home)
-    args = ["dagster", "dev", "-w", str(home / "workspace.yaml"), *ctx.args]
+    args = ["dagster", "dev", "-w", str(workspace), *ctx.args]
     click.echo(f"DAGSTER_HOME={home}; warehouse {warehouse.redact_dsn(config.warehouse_dsn())}", err=True)
     os.execvp(args[0], args)
 

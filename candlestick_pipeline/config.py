@@ -31,6 +31,14 @@ def dagster_home() -> Path:
     )
 
 
+def workspace_file() -> Path:
+    """This project's ``workspace.yaml``: in the current folder, or beside the package (a clone)."""
+    for folder in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (folder / "workspace.yaml").is_file():
+            return folder / "workspace.yaml"
+    raise ConfigError("workspace.yaml not found: run from the project folder")
+
+
 def data_dir() -> Path:
     """Where the embedded SQLite warehouse and the publication live (``$CANDLESTICK_DATA_DIR``)."""
     env = os.environ.get("CANDLESTICK_DATA_DIR")
