@@ -216,6 +216,35 @@ def dev(ctx: click.Context) -> None:
     os.execvp(args[0], args)
 
 
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8001, type=int, show_default=True)
+def serve(host: str, port: int) -> None:
+    """Serve the SQLite publication read-only with Datasette (see docs/datasette.md)."""
+    from candlestick_pipeline.defs.publish.serve import datasette_command
+    from candlestick_pipeline.lib import publication
+
+    with _user_errors():
+        path = config.publication_path()
+        publication.ensure_schema(path)
+        argv = datasette_command(path, host, port)
+    os.execvp(argv[0], argv)
+
+
+@main.command("publication-rebuild")
+def publication_rebuild() -> None:
+    """Rebuild the whole publication from the warehouse, in place (readers see old or new partitions)."""
+    from candlestick_pipeline.lib import publication
+
+    with _user_errors():
+        engine = _engine()
+        try:
+            publication.rebuild(engine, config.publication_path())
+        finally:
+            engine.dispose()
+    click.echo(f"rebuilt {config.publication_path()}")
+
+
 @main.command("standin", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def standin(ctx: click.Context) -> None:

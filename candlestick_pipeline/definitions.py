@@ -7,6 +7,7 @@ import dagster as dg
 from candlestick_pipeline.defs.automation import automation_definitions
 from candlestick_pipeline.defs.candles.assets import candle_assets
 from candlestick_pipeline.defs.candles.checks import candle_checks
+from candlestick_pipeline.defs.publish import publication_definitions
 from candlestick_pipeline.defs.resources import build_resources
 from candlestick_pipeline.defs.securities.assets import securities
 
@@ -17,4 +18,5 @@ defs = dg.Definitions.merge(
         resources=build_resources(),
     ),
     automation_definitions(),
+    publication_definitions(),
 )

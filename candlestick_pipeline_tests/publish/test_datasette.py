@@ -295,6 +295,7 @@ HOSTILE = [
     ("/publication/candles.json?_size=-1", 400),
     ("/publication/candles.json?_sort=nosuchcol", 400),
     ("/publication/candles.json?_sort_desc=close", 400),
+    ("/publication/candles.json?_sort_desc=begin", 400),
     ("/publication/securities.json?_sort=nosuchcol", 400),
     ("/publication/candles.json?nosuchcol=1", 400),
     ("/publication/candles.json?secid__badop=1", 400),

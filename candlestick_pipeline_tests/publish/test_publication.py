@@ -14,7 +14,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+import yaml
 
+from candlestick_pipeline.defs.publish import iss_route, serve
 from candlestick_pipeline.lib import publication, warehouse
 from candlestick_pipeline.lib.frames import empty_candles
 from candlestick_pipeline_tests.publish.helpers import (
@@ -29,6 +31,8 @@ from candlestick_pipeline_tests.publish.helpers import (
     warehouse_rows,
     year_window,
 )
+
+METADATA = yaml.safe_load(serve.METADATA.read_text())
 
 
 def _engine(dsn: str) -> sa.Engine:
@@ -64,29 +68,40 @@ def test_schema_is_wal_with_the_expected_keys(tmp_path: Path) -> None:
     assert publication.ensure_schema(path) is False
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        pk = [
-            r[1]
-            for r in sorted(conn.execute("PRAGMA table_info(candles)").fetchall(), key=lambda r: r[5])
-            if r[5]
-        ]
-        assert pk == ["secid", "board", "timeframe", "begin"]
-        plan = " ".join(
-            str(r)
-            for r in conn.execute(
-                "EXPLAIN QUERY PLAN SELECT * FROM candles WHERE secid='A' AND board='B' AND timeframe='1m'"
-                " AND begin >= '2024' ORDER BY begin LIMIT 500"
-            )
-        )
-        assert "USING PRIMARY KEY" in plan and "TEMP B-TREE" not in plan
-        latest = " ".join(
-            str(r)
-            for r in conn.execute(
-                "EXPLAIN QUERY PLAN SELECT c.* FROM series s JOIN candles c ON c.secid = s.secid"
-                " AND c.board = s.board AND c.timeframe = s.timeframe AND c.begin = s.last_begin"
-                " WHERE s.timeframe = '1d'"
-            )
-        )
-        assert "series_by_timeframe" in latest and "USING PRIMARY KEY" in latest
+        info = sorted(conn.execute("PRAGMA table_info(candles)").fetchall(), key=lambda r: r[5])
+        assert [r[1] for r in info if r[5]] == ["secid", "board", "timeframe", "begin"]
+
+
+def _plan(path: Path, sql: str, params: dict[str, object]) -> str:
+    with closing(sqlite3.connect(path)) as conn:
+        return " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+
+def test_every_published_query_is_an_index_search(tmp_path: Path) -> None:
+    """The canned queries, the ISS route and the table view's series filter never scan candles."""
+    path = tmp_path / "publication.db"
+    publication.ensure_schema(path)
+    queries = METADATA["databases"]["publication"]["queries"]
+    params = {"secid": "SBER", "board": "TQBR", "timeframe": "1m", "from": "", "till": "", "after": ""}
+    plan = _plan(path, queries["candle_series"]["sql"], params)
+    assert "SEARCH candles USING PRIMARY KEY" in plan and "TEMP B-TREE" not in plan, plan
+    plan = _plan(path, queries["latest_candles"]["sql"], {"timeframe": "1d"})
+    assert plan.startswith("SEARCH s USING INDEX series_by_timeframe") and "SCAN c" not in plan, plan
+    request = iss_route.parse_request(
+        {"engine": "stock", "market": "shares", "board": "TQBR", "secid": "SBER"}, [("interval", "1")]
+    )
+    plan = _plan(path, *iss_route.candles_sql(request))
+    assert "SEARCH candles USING PRIMARY KEY" in plan and "TEMP B-TREE" not in plan, plan
+    table_view = (
+        "select * from candles where secid = :p0 and board = :p1 and timeframe = :p2 and begin >= :p3"
+        " order by secid, board, timeframe, begin limit 1001"
+    )
+    plan = _plan(path, table_view, {"p0": "SBER", "p1": "TQBR", "p2": "1m", "p3": "2024"})
+    assert "SEARCH candles USING PRIMARY KEY" in plan and "TEMP B-TREE" not in plan, plan
+    cross_section = "select * from candles where timeframe = :p0 and begin = :p1"
+    assert "candles_by_timeframe_begin" in _plan(
+        path, cross_section, {"p0": "1d", "p1": "2024-06-03 00:00:00"}
+    )
 
 
 def test_sync_replaces_the_window_and_leaves_neighbours(known_engine: sa.Engine, tmp_path: Path) -> None:

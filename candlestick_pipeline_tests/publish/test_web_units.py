@@ -44,6 +44,7 @@ METADATA = yaml.safe_load(serve.METADATA.read_text())
         ("/publication/candles.json", "timeframe__in=1m,2m", 400, "invalid timeframe__in '2m'"),
         ("/publication/candles.json", "_next=garbage", 400, "invalid _next"),
         ("/publication/candles.json", "_sort=begin&_sort_desc=begin", 400, "_sort or _sort_desc"),
+        ("/publication/candles.json", "_sort_desc=begin", 400, "needs a timeframe filter"),
         ("/publication/candle_series.json", "secid=SBER&board=TQBR", 400, "needs timeframe"),
         (
             "/publication/candle_series.json",

@@ -14,16 +14,22 @@ if TYPE_CHECKING:
 
 
 def publication_definitions() -> dg.Definitions:
-    """Assets ``published_candles_<tf>`` and ``published_securities``, ``publication_sensor``, and
-    the ``publication`` resource (the ``warehouse`` resource comes from the main definitions)."""
+    """Assets ``published_candles_<tf>`` and ``published_securities``, their jobs
+    ``publish_candles_<tf>``/``publish_securities``, ``publication_sensor``, and the ``publication``
+    resource (the ``warehouse`` resource comes from the main definitions)."""
     import dagster as dg
 
-    from candlestick_pipeline.defs.publish.assets import published_candle_assets, published_securities
+    from candlestick_pipeline.defs.publish.assets import (
+        publish_jobs,
+        published_candle_assets,
+        published_securities,
+    )
     from candlestick_pipeline.defs.publish.resource import build_publication_resource
     from candlestick_pipeline.defs.publish.sensor import publication_sensor
 
     return dg.Definitions(
         assets=[*published_candle_assets, published_securities],
+        jobs=publish_jobs,
         sensors=[publication_sensor],
         resources={"publication": build_publication_resource()},
     )
