@@ -273,11 +273,10 @@ def test_published_assets_mirror_the_candle_assets(monkeypatch: pytest.MonkeyPat
 
 
 def test_merges_into_the_main_definitions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """What the lead does in definitions.py: ``dg.Definitions.merge(defs, publication_definitions())``."""
+    """definitions.py merges the publication domain into the code location."""
     monkeypatch.setenv("CANDLESTICK_PUBLICATION_PATH", str(tmp_path / "publication.db"))
-    from candlestick_pipeline.definitions import defs
+    from candlestick_pipeline.definitions import defs as merged
 
-    merged = dg.Definitions.merge(defs, publication_definitions())
     dg.Definitions.validate_loadable(merged)
     keys = {key.to_user_string() for key in merged.get_repository_def().asset_graph.get_all_asset_keys()}
     assert {f"published_{tf.asset_name}" for tf in TIMEFRAMES.values()} | {"published_securities"} <= keys
