@@ -14,12 +14,17 @@ from candlestick_pipeline_tests.conftest import REPO_ROOT
 
 def _compose_command() -> list[str]:
     docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
+    if (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0
+    ):
         return [docker, "compose"]
     legacy = shutil.which("docker-compose")
     if legacy:
         return [legacy]
-    pytest.fail("neither `docker compose` nor `docker-compose` is installed (.ci/run installs docker-compose)")
+    pytest.fail(
+        "neither `docker compose` nor `docker-compose` is installed (.ci/run installs docker-compose)"
+    )
 
 
 def test_docker_compose_config_is_valid() -> None:
