@@ -209,3 +209,25 @@ def test_nightly_schedule_loads_exactly_the_new_periods(
         second = schedule.evaluate_tick(context).run_requests or []
     assert _ranges(second) == [("candles_1m_job", "2025-06-10", "2025-06-11")]
     assert str(multi_key(key, "2025-06-10")) == second[0].tags["dagster/asset_partition_range_start"]
+
+
+def test_a_killed_run_blocks_nothing_but_a_queued_one_is_not_doubled(
+    instance: dg.DagsterInstance,
+    standin: ISSStandIn,
+    sqlite_dsn: str,
+    resources: dict[str, dg.ConfigurableResource],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    monkeypatch.setenv("CANDLESTICK_TIMEFRAMES", "1m")
+    standin.set_now(dt.datetime(2025, 6, 10, 1, 0))  # night: closed periods only
+    _register(instance, standin, sqlite_dsn, "SBER")
+    tags = {"candlestick/security": "SBER.TQBR"}
+    # A run whose worker was SIGKILLed stays STARTED: it must not hold the partitions back.
+    instance.add_run(DagsterRun(job_name="candles_1m_job", status=dg.DagsterRunStatus.STARTED, tags=tags))
+    assert _ranges(_sensor(freshness_sensor, instance, resources).run_requests or []) == [
+        ("candles_1m_job", "2025-06-03", "2025-06-09")
+    ]
+    instance.add_run(DagsterRun(job_name="candles_1m_job", status=dg.DagsterRunStatus.NOT_STARTED, tags=tags))
+    assert isinstance(_sensor(freshness_sensor, instance, resources), dg.SkipReason)

@@ -18,12 +18,10 @@ from candlestick_pipeline.lib.timeframes import MOSCOW, get_timeframe
 # New securities handled per tick: each costs one ISS request and a status query per timeframe.
 _NEW_SECURITIES_PER_TICK = 20
 
-_IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
+# Only runs that have not started count as pending. A started run may have been killed (the
+# default run launcher cannot tell), and must not block its security forever; a second run of the
+# same partitions is harmless, because a partition is replaced atomically and idempotently.
+_PENDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
 
 
 def iss_now(iss: ISSResource) -> dt.datetime:
@@ -42,8 +40,8 @@ def registered_securities(instance: dg.DagsterInstance) -> list[SecurityKey]:
 
 
 def in_flight_targets(instance: dg.DagsterInstance) -> set[tuple[str, str]]:
-    """(job name, security) of runs that are queued or running: not worth requesting again."""
-    runs = instance.get_runs(filters=dg.RunsFilter(statuses=_IN_FLIGHT))
+    """(job name, security) of runs waiting in the queue: not worth requesting again."""
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=_PENDING))
     return {(run.job_name, run.tags.get("candlestick/security", "")) for run in runs}
 
 
@@ -115,7 +113,7 @@ def freshness_sensor(
     * During trading hours the period that is still open (today, this month, this year) is loaded
       for the timeframes in ``CANDLESTICK_FRESH_TIMEFRAMES``; it is marked ``final: false``.
 
-    Runs already queued or running for the same security and timeframe are not requested again.
+    Runs still queued for the same security and timeframe are not requested again.
     """
     securities = registered_securities(context.instance)
     if not securities:
