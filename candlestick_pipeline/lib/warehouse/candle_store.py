@@ -9,18 +9,21 @@ leaves exactly one copy of each candle.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import polars as pl
+import psycopg
 import sqlalchemy as sa
 
 from candlestick_pipeline.lib.frames import CANDLE_SCHEMA, conform, empty_candles
 from candlestick_pipeline.lib.securities import SecurityKey
 from candlestick_pipeline.lib.timeframes import MOSCOW, get_timeframe, to_moscow_naive
 from candlestick_pipeline.lib.warehouse.copy_binary import binary_copy_chunks
-from candlestick_pipeline.lib.warehouse.engine import is_postgres, lock_key, write_transaction
-from candlestick_pipeline.lib.warehouse.schema import CANDLE_VALUE_COLUMNS, candles
+from candlestick_pipeline.lib.warehouse.engine import is_postgres, lock_key, redact_dsn, write_transaction
+from candlestick_pipeline.lib.warehouse.errors import WarehouseError
+from candlestick_pipeline.lib.warehouse.schema import CANDLE_VALUE_COLUMNS, MoscowDateTime, candles
 
 Window = tuple[dt.datetime, dt.datetime]
 
@@ -32,6 +35,17 @@ _QUOTED_COLUMNS = ", ".join(f'"{name}"' for name in _INSERT_COLUMNS)
 _SQLITE_INSERT = f"INSERT INTO candles ({_QUOTED_COLUMNS}) VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)})"
 _PG_COPY = f"COPY candles ({_QUOTED_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _FLOAT_COLUMNS = ("open", "high", "low", "close", "value")
+_READ_BATCH_ROWS = 20_000
+_BOUND = MoscowDateTime()  # how a bound on ``begin`` is sent (SQLite: text)
+_QUOTED_VALUE_COLUMNS = ", ".join(f'"{name}"' for name in CANDLE_VALUE_COLUMNS)
+_SELECT = (
+    f"SELECT {_QUOTED_VALUE_COLUMNS} FROM candles "
+    'WHERE secid = {p} AND board = {p} AND timeframe = {p} AND "begin" >= {p} AND "begin" < {p} '
+    'ORDER BY "begin"'
+)
+_SQLITE_SELECT = _SELECT.format(p="?")
+_PG_SELECT = _SELECT.format(p="%s")
+_SQLITE_READ_SCHEMA = {**CANDLE_SCHEMA, "begin": pl.String(), "end": pl.String()}
 
 
 # --- validation (pure, before any database work) -------------------------------------------------
@@ -229,12 +243,31 @@ def replace_candles_many(
     get_timeframe(timeframe)
     merged = _normalize_windows(windows)
     valid = validate_candles(frame, merged)
-    with write_transaction(engine) as conn:
-        # Concurrent loads of the same series queue here, so the result is one complete load.
-        lock_key(conn, *series_lock_parts(key, timeframe))
-        _delete_windows(conn, key, timeframe, merged)
-        _bulk_insert(conn, key, timeframe, valid)
+    try:
+        with write_transaction(engine) as conn:
+            # Concurrent loads of the same series queue here, so the result is one complete load.
+            lock_key(conn, *series_lock_parts(key, timeframe))
+            _delete_windows(conn, key, timeframe, merged)
+            _bulk_insert(conn, key, timeframe, valid)
+    except (sa.exc.DBAPIError, sqlite3.Error, psycopg.Error) as exc:
+        # The bulk paths talk to the driver directly, so its own errors arrive unwrapped too.
+        raise WarehouseError(_write_failure(engine, key, timeframe, merged, exc)) from exc
     return valid.height
+
+
+def _write_failure(
+    engine: sa.Engine, key: SecurityKey, timeframe: str, windows: Sequence[Window], exc: BaseException
+) -> str:
+    """Which write failed, where, and why, for someone who has to decide what to do next."""
+    orig = getattr(exc, "orig", None) or exc
+    reason = " ".join(str(orig).split())[:300] or type(orig).__name__
+    shown = ", ".join(f"[{start}, {end})" for start, end in windows[:3])
+    more = f" (+{len(windows) - 3} more)" if len(windows) > 3 else ""
+    where = redact_dsn(engine.url.render_as_string(hide_password=True))
+    return (
+        f"the warehouse {where} failed while replacing {key} {timeframe} {shown}{more} (rolled back: "
+        f"the window keeps its previous rows; rerun to load it): {type(orig).__name__}: {reason}"
+    )
 
 
 def replace_candles(
@@ -263,17 +296,38 @@ def read_candles(
     engine: sa.Engine, key: SecurityKey, timeframe: str, start: dt.datetime, end: dt.datetime
 ) -> pl.DataFrame:
     """Candles of one series with ``begin`` in ``[start, end)``, sorted by ``begin``, as ``CANDLE_SCHEMA``."""
-    columns = [candles.c[name] for name in CANDLE_VALUE_COLUMNS]
-    query = (
-        sa.select(*columns)
-        .where(*_series_filter(key, timeframe), candles.c.begin >= start, candles.c.begin < end)
-        .order_by(candles.c.begin)
-    )
+    # Read through the driver's cursor, as the writes do: SQLAlchemy's rows and the column type's
+    # per-value conversion doubled the time (1.1 s vs 0.5 s for a year of minutes on SQLite). Rows
+    # become a frame batch by batch, so no more than one batch of Python row objects is alive.
+    frames: list[pl.DataFrame] = []
     with engine.connect() as conn:
-        rows = conn.execute(query).all()
-    if not rows:
+        postgres = is_postgres(conn)
+        params = (
+            key.secid,
+            key.board,
+            timeframe,
+            _BOUND.process_bind_param(start, conn.dialect),
+            _BOUND.process_bind_param(end, conn.dialect),
+        )
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(_PG_SELECT if postgres else _SQLITE_SELECT, params)
+            while batch := cursor.fetchmany(_READ_BATCH_ROWS):
+                frames.append(
+                    pl.DataFrame(
+                        batch, schema=CANDLE_SCHEMA if postgres else _SQLITE_READ_SCHEMA, orient="row"
+                    )
+                )
+        finally:
+            cursor.close()
+    if not frames:
         return empty_candles()
-    return pl.DataFrame([tuple(row) for row in rows], schema=CANDLE_SCHEMA, orient="row")
+    frame = pl.concat(frames, rechunk=True)
+    if not postgres:  # text timestamps, whole seconds (validated on write)
+        frame = frame.with_columns(
+            pl.col(name).str.strptime(pl.Datetime("us"), _SQLITE_TIMESTAMP) for name in ("begin", "end")
+        )
+    return frame
 
 
 def count_candles(engine: sa.Engine, key: SecurityKey | None = None, timeframe: str | None = None) -> int:
