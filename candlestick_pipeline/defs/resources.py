@@ -20,15 +20,7 @@ WAREHOUSE_DSN_ENV = "CANDLESTICK_WAREHOUSE_DSN"
 
 def build_iss_resource() -> ISSResource:
     """ISS (or a stand-in, via ``ISS_BASE_URL``) with the configured limits."""
-    settings = ISSSettings.from_env()
-    return ISSResource(
-        base_url=settings.base_url,
-        timeout_seconds=settings.timeout_seconds,
-        max_concurrency=settings.max_concurrency,
-        max_attempts=settings.max_attempts,
-        backoff_base_seconds=settings.backoff_base_seconds,
-        backoff_max_seconds=settings.backoff_max_seconds,
-    )
+    return ISSResource.from_settings(ISSSettings.from_env())
 
 
 def build_warehouse_resource() -> WarehouseResource:

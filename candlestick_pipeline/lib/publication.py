@@ -80,28 +80,8 @@ SERIES_COLUMNS: tuple[str, ...] = (
     "candles",
     "synced_at",
 )
-SECURITY_COLUMNS: tuple[str, ...] = (
-    "secid",
-    "board",
-    "engine",
-    "market",
-    "shortname",
-    "name",
-    "isin",
-    "decimals",
-    "currency",
-    "is_primary",
-    "is_traded",
-    "listed_from",
-    "listed_till",
-    "history_from",
-    "history_till",
-    "security_type",
-    "security_group",
-    "other_boards",
-    "added_at",
-    "updated_at",
-)
+# The publication mirrors the warehouse table, column for column.
+SECURITY_COLUMNS: tuple[str, ...] = tuple(column.name for column in warehouse_securities.columns)
 
 _DDL = (
     """

@@ -15,26 +15,8 @@ from candlestick_pipeline.lib.warehouse.engine import is_postgres, lock_key, wri
 from candlestick_pipeline.lib.warehouse.schema import candles, securities
 
 _KEY_COLUMNS = ("secid", "board")
-_INFO_COLUMNS = (
-    "secid",
-    "board",
-    "engine",
-    "market",
-    "shortname",
-    "name",
-    "isin",
-    "decimals",
-    "currency",
-    "is_primary",
-    "is_traded",
-    "listed_from",
-    "listed_till",
-    "history_from",
-    "history_till",
-    "security_type",
-    "security_group",
-    "other_boards",
-)
+_TIMESTAMP_COLUMNS = ("added_at", "updated_at")
+_INFO_COLUMNS = tuple(column.name for column in securities.columns if column.name not in _TIMESTAMP_COLUMNS)
 
 
 def _now_utc() -> dt.datetime:
