@@ -182,3 +182,31 @@ def test_broken_source_candle_fails_its_check(
     assert not evaluations["ohlc_sanity"].passed
     assert "2025-06-04 11:00:00" in str(evaluations["ohlc_sanity"].metadata["examples"].value)
     assert evaluations["unique_begin"].passed and evaluations["inside_partition"].passed
+
+
+def test_partition_metadata_fast_path(
+    instance: dg.DagsterInstance,
+    standin: ISSStandIn,
+    warehouse_dsn: str,
+    resources: dict[str, object],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Per-partition metadata bypasses Dagster's O(range) ``add_asset_metadata`` and still arrives."""
+
+    def _slow_path(*args: object, **kwargs: object) -> None:
+        raise AssertionError("add_asset_metadata was called: the fast path no longer works")
+
+    monkeypatch.setattr(dg.AssetExecutionContext, "add_asset_metadata", _slow_path)
+    key = _register(instance, standin, warehouse_dsn, "SBER", None)
+    result = dg.materialize(
+        [ASSETS["candles_1d"]],
+        instance=instance,
+        resources=resources,
+        tags=_range_tags(key, "2024-01-01", "2025-01-01"),
+    )
+    assert result.success
+    mats = {m.partition: m.metadata for m in result.asset_materializations_for_node("candles_1d")}
+    assert set(mats) == {str(multi_key(key, "2024-01-01")), str(multi_key(key, "2025-01-01"))}
+    assert mats[str(multi_key(key, "2024-01-01"))]["final"].value is True  # type: ignore[attr-defined]
+    assert mats[str(multi_key(key, "2025-01-01"))]["final"].value is False  # type: ignore[attr-defined]
+    assert mats[str(multi_key(key, "2024-01-01"))]["first_begin"].value.startswith("2024-01-")  # type: ignore[attr-defined]

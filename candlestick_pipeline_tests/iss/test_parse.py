@@ -634,3 +634,63 @@ def test_errors_name_what_went_wrong_and_survive_pickling() -> None:
     bare = ISSResponseError("bad shape")
     assert bare.with_url("https://iss.example/z").url == "https://iss.example/z"
     assert "https://iss.example/z" in str(bare.with_url("https://iss.example/z"))
+
+
+@pytest.mark.parametrize("name", [n for n in SAMPLE_NAMES if n.startswith("candles_")])
+@pytest.mark.parametrize("window", ["wide", "narrow"])
+def test_column_wise_fast_path_equals_row_by_row(
+    iss_samples: Path, name: str, window: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The column-wise parse of a well-formed page gives exactly what the row-by-row parse gives."""
+    from candlestick_pipeline.defs.iss import parse as parse_module
+
+    payload = _load(iss_samples, name)
+    rows = payload["candles"]["data"]
+    if window == "wide" or not rows:
+        bounds = WIDE
+    else:  # only the days of the first rows: the rest is dropped and counted
+        first = D.fromisoformat(rows[0][payload["candles"]["columns"].index("begin")][:10])
+        bounds = {"date_from": first, "date_till": first + dt.timedelta(days=40)}
+    fast = parse_module._fast_candle_page(payload, bounds["date_from"], bounds["date_till"])
+    assert (fast is None) == (not rows)  # every recorded page with rows takes the fast path
+    monkeypatch.setattr(parse_module, "_fast_candle_page", lambda *args: None)
+    slow = parse_candle_page(payload, **bounds)
+    if fast is not None:
+        assert fast.frame.equals(slow.frame)
+        assert (fast.rows_received, fast.rows_outside_window) == (
+            slow.rows_received,
+            slow.rows_outside_window,
+        )
+        if window == "narrow":
+            assert fast.frame.height > 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [True, None, "308", float("nan"), float("inf")],
+)
+def test_odd_prices_leave_the_fast_path(value: Any) -> None:
+    from candlestick_pipeline.defs.iss.parse import _fast_candle_page
+
+    row = list(GOOD_ROW)
+    row[0] = value
+    assert _fast_candle_page(_candles([GOOD_ROW, row]), D(2026, 1, 30), D(2026, 1, 30)) is None
+    assert _fast_candle_page(_candles([GOOD_ROW]), D(2026, 1, 30), D(2026, 1, 30)) is not None
+
+
+@pytest.mark.parametrize(
+    ("position", "value"),
+    [
+        (5, 12.0),
+        (5, 2**70),
+        (6, "2026-1-30 07:00:00"),
+        (6, "2026-01-30T07:00:00"),
+        (7, "2026-01-30 07:09:59+03"),
+    ],
+)
+def test_odd_volumes_and_timestamps_leave_the_fast_path(position: int, value: Any) -> None:
+    from candlestick_pipeline.defs.iss.parse import _fast_candle_page
+
+    row = list(GOOD_ROW)
+    row[position] = value
+    assert _fast_candle_page(_candles([row]), D(2026, 1, 30), D(2026, 1, 30)) is None

@@ -10,7 +10,7 @@ one result for the run (DAGSTER-DATASETTE-FACTS G10), whose metadata names the f
 
 import datetime as dt
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -186,8 +186,7 @@ def build_candle_checks(timeframe: Timeframe) -> dg.AssetChecksDefinition:
         parts = _run_parts(context, timeframe)
         findings = CheckFindings()
         daily: dict[dt.date, int] = {}
-        for part in parts:
-            frame = warehouse.read_candles(part.security, timeframe.name, part.start_naive, part.end_naive)
+        for part, frame in _stored_partitions(warehouse, timeframe, parts):
             evaluate_partition(findings, timeframe, part, frame)
             daily.update(_daily_counts(frame))
         if any(spec.name == CHECK_SPARSE for spec in specs) and parts:
@@ -200,6 +199,27 @@ def build_candle_checks(timeframe: Timeframe) -> dg.AssetChecksDefinition:
     return _checks
 
 
+# Partitions read from the warehouse per query: one query per partition costs a round trip each
+# (a year of minutes: 365), one query for the whole run holds all of it in memory at once.
+_PARTITIONS_PER_READ = 31
+
+
+def _stored_partitions(
+    warehouse: WarehouseResource, timeframe: Timeframe, parts: Sequence[CandlePartition]
+) -> Iterator[tuple[CandlePartition, pl.DataFrame]]:
+    """Each partition (sorted by start) with its stored candles, read a few dozen partitions at a time."""
+    for first in range(0, len(parts), _PARTITIONS_PER_READ):
+        chunk = parts[first : first + _PARTITIONS_PER_READ]
+        frame = warehouse.read_candles(
+            chunk[0].security, timeframe.name, chunk[0].start_naive, chunk[-1].end_naive
+        )
+        begins = frame.get_column("begin")  # sorted
+        for part in chunk:
+            low = int(begins.search_sorted(part.start_naive, side="left"))
+            high = int(begins.search_sorted(part.end_naive, side="left"))
+            yield part, frame.slice(low, high - low)
+
+
 def _evaluate_sparse(
     findings: CheckFindings,
     warehouse: WarehouseResource,
@@ -208,12 +228,12 @@ def _evaluate_sparse(
     daily: dict[dt.date, int],
 ) -> None:
     # Neighbouring days outside the run come from the warehouse too, so a single-day run is judged
-    # against the week around it.
+    # against the week around it. ``daily`` has the days inside the run; only the margins are read.
     margin = dt.timedelta(days=_SPARSE_NEIGHBOUR_DAYS)
-    around = warehouse.read_candles(
-        parts[0].security, timeframe.name, parts[0].start_naive - margin, parts[-1].end_naive + margin
-    )
-    counts = {**_daily_counts(around), **daily}
+    security, first, last = parts[0].security, parts[0].start_naive, parts[-1].end_naive
+    before = warehouse.read_candles(security, timeframe.name, first - margin, first)
+    after = warehouse.read_candles(security, timeframe.name, last, last + margin)
+    counts = {**_daily_counts(before), **_daily_counts(after), **daily}
     for part in parts:
         days = []
         day = part.start_naive.date()

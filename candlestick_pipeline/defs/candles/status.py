@@ -39,6 +39,9 @@ class PartitionState:
         return self.state is not LoadState.FINAL
 
 
+_MAX_RECORDS_PER_FETCH = 10_000
+
+
 def _metadata_final(record: dg.EventLogRecord) -> bool:
     materialization = record.asset_materialization
     if materialization is None:
@@ -83,12 +86,15 @@ def partition_states_many(
         asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=set(keys.values())
     )
     final_by_storage_id: dict[int, bool] = {}
-    if latest:
+    storage_ids = list(latest.values())
+    # Dagster refuses to fetch more than 10,000 records at a time (300 securities x 3 years of
+    # days loaded at 30% is ~100,000).
+    for first in range(0, len(storage_ids), _MAX_RECORDS_PER_FETCH):
+        chunk = storage_ids[first : first + _MAX_RECORDS_PER_FETCH]
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=list(latest.values())),
-            limit=len(latest),
+            dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=chunk), limit=len(chunk)
         ).records
-        final_by_storage_id = {record.storage_id: _metadata_final(record) for record in records}
+        final_by_storage_id.update((record.storage_id, _metadata_final(record)) for record in records)
     moment = now or dt.datetime.now(MOSCOW)
     window_ends = (
         {

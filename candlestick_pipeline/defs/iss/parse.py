@@ -35,6 +35,9 @@ _PRICE_COLUMNS = ("open", "high", "low", "close", "value")
 _CANDLE_COLUMNS = ("begin", "end", *_PRICE_COLUMNS, "volume")
 _BORDER_COLUMNS = ("begin", "end", "interval")
 _BOARD_COLUMNS = ("boardid", "market", "engine")
+# How ISS writes a timestamp (naive Moscow wall-clock time), e.g. "2025-06-02 10:00:00".
+_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+_TIMESTAMP_LENGTH = 19
 # The first element of an extended-form payload describes the encoding, not data.
 _EXTENDED_HEADER = "charsetinfo"
 
@@ -147,6 +150,9 @@ def parse_candle_page(payload: Any, *, date_from: dt.date, date_till: dt.date) -
     exactly its window. Prices and ``value`` may be JSON ints or floats (``231`` becomes ``231.0``);
     ``volume`` must be a whole number (``2.0`` is accepted, ``2.5`` is an :class:`ISSResponseError`).
     """
+    fast = _fast_candle_page(payload, date_from, date_till)
+    if fast is not None:
+        return fast
     rows = parse_block(payload, "candles")
     _require_columns("candles", rows, _CANDLE_COLUMNS)
     columns: dict[str, list[Any]] = {name: [] for name in CANDLE_SCHEMA}
@@ -166,6 +172,62 @@ def parse_candle_page(payload: Any, *, date_from: dt.date, date_till: dt.date) -
         rows_received=len(rows),
         rows_outside_window=outside,
     )
+
+
+def _fast_candle_page(payload: Any, date_from: dt.date, date_till: dt.date) -> CandlePage | None:
+    """The usual page, parsed column-wise by polars (0.65 ms instead of 1.3 ms for 500 rows); ``None``
+    when the page is not plainly well-formed, and the row-by-row parser then decides and explains.
+
+    Taken only for the plain form with every row a list of the right length, timestamps as
+    ``YYYY-MM-DD HH:MM:SS`` strings, prices JSON ints or floats (never booleans) that are finite,
+    and volumes JSON ints: exactly the values the row-by-row parser accepts unchanged.
+    """
+    raw = payload.get("candles") if isinstance(payload, Mapping) else None
+    if not isinstance(raw, Mapping) or "error" in raw:
+        return None
+    columns, data = raw.get("columns"), raw.get("data")
+    if not isinstance(columns, list) or not isinstance(data, list) or not data:
+        return None
+    try:
+        positions = [columns.index(name) for name in _CANDLE_COLUMNS]
+    except ValueError:
+        return None
+    if set(map(type, data)) != {list} or set(map(len, data)) != {len(columns)}:
+        return None
+    values = list(zip(*data, strict=True))
+    by_name = {name: values[position] for name, position in zip(_CANDLE_COLUMNS, positions, strict=True)}
+    if any(set(map(type, by_name[name])) != {str} for name in ("begin", "end")):
+        return None
+    if any(not set(map(type, by_name[name])) <= {int, float} for name in _PRICE_COLUMNS):
+        return None
+    if set(map(type, by_name["volume"])) != {int}:
+        return None
+    try:
+        frame = pl.DataFrame(
+            {
+                **{name: pl.Series(name, by_name[name], dtype=pl.String()) for name in ("begin", "end")},
+                **{name: pl.Series(name, by_name[name], dtype=pl.Float64()) for name in _PRICE_COLUMNS},
+                "volume": pl.Series("volume", by_name["volume"], dtype=pl.Int64()),
+            }
+        )
+        lazy = frame.lazy()
+        checks = lazy.select(
+            pl.all_horizontal(pl.col("begin", "end").str.len_bytes() == _TIMESTAMP_LENGTH).all(),
+            pl.all_horizontal(pl.col(_PRICE_COLUMNS).is_finite()).all(),
+        )
+        parsed = (
+            lazy.with_columns(
+                pl.col("begin", "end").str.strptime(pl.Datetime("us"), _TIMESTAMP_FORMAT, strict=True)
+            )
+            .filter(pl.col("begin").dt.date().is_between(date_from, date_till, closed="both"))
+            .select(list(CANDLE_SCHEMA))
+        )
+        well_formed, kept = pl.collect_all([checks, parsed])
+    except (pl.exceptions.PolarsError, TypeError, OverflowError):
+        return None
+    if not all(well_formed.row(0)):
+        return None
+    return CandlePage(frame=kept, rows_received=len(data), rows_outside_window=len(data) - kept.height)
 
 
 def parse_candles(payload: Any, *, date_from: dt.date, date_till: dt.date) -> pl.DataFrame:

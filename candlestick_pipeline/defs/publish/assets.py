@@ -14,6 +14,7 @@ from collections import defaultdict
 
 import dagster as dg
 
+from candlestick_pipeline.defs.candles.assets import add_partition_metadata
 from candlestick_pipeline.defs.candles.partitions import (
     CandlePartition,
     InvalidPartitionKeyError,
@@ -90,7 +91,7 @@ def build_published_candles_asset(timeframe: Timeframe) -> dg.AssetsDefinition:
                     engine, security, timeframe.name, [(part.start, part.end) for part in batch]
                 )
                 for part, rows in zip(batch, counts, strict=True):
-                    context.add_asset_metadata({"rows": rows}, partition_key=part.key)
+                    add_partition_metadata(context, part.key, {"rows": rows})
                 total += sum(counts)
             context.log.info(
                 f"published {len(series_parts)} partition(s) of {security} {timeframe.name}: "

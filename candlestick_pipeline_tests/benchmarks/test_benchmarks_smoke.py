@@ -1,0 +1,90 @@
+"""Every benchmark script runs at a tiny size, so none of them rots (no timings are asserted).
+
+The four scripts start at once as subprocesses (each also starts its own processes: the ISS
+stand-in, ``candlestick load``, ``dagster-webserver``); each test then waits for its script and
+checks that it exited 0 and printed its figures. Full-size figures live in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from candlestick_pipeline_tests.conftest import ADMIN_DSN, REPO_ROOT
+
+BENCHMARKS = REPO_ROOT / "benchmarks"
+TIMEOUT_SECONDS = 300
+
+SMOKE_COMMANDS: dict[str, list[str]] = {
+    "bench_backfill.py": [
+        "--securities", "2", "--days", "2", "--months", "1", "--concurrency", "4",
+        "--layouts", "one-process", "--latency-ms", "5",
+    ],
+    "bench_memory.py": ["--days", "2", "--latency-ms", "0"],
+    "bench_dagster_scale.py": ["--securities", "3", "--years", "0.03"],
+    "bench_warehouse_write.py": ["--rows", "20000"],
+}  # fmt: skip
+
+EXPECTED_OUTPUT: dict[str, list[str]] = {
+    "bench_backfill.py": ["B1 1m 2sec x 2d one-process", "B1 1h 1sec x 1mo", "B2 1m", "B2/B1 wall"],
+    "bench_memory.py": ["2 days", "peak RSS MB"],
+    "bench_dagster_scale.py": ["partition_states", "sensor tick: freshness_sensor", "PartitionHealthQuery"],
+    "bench_warehouse_write.py": ["candles/s", "postgresql", "sqlite"],
+}
+
+
+@dataclass
+class Started:
+    process: subprocess.Popen[str]
+    output: Path
+
+    def finish(self) -> tuple[int, str]:
+        try:
+            code = self.process.wait(timeout=TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            code = -9
+        return code, self.output.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def started() -> Iterator[dict[str, Started]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CANDLESTICK_", "DAGSTER_", "ISS_"))}
+    env["PYTHONWARNINGS"] = "ignore"
+    with tempfile.TemporaryDirectory(prefix="cp_bench_smoke_") as folder:
+        runs: dict[str, Started] = {}
+        for script, arguments in SMOKE_COMMANDS.items():
+            output = Path(folder) / f"{script}.out"
+            with output.open("w") as sink:
+                process = subprocess.Popen(
+                    [sys.executable, str(BENCHMARKS / script), *arguments, "--pg-admin-dsn", ADMIN_DSN],
+                    cwd=REPO_ROOT,
+                    env=env,
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            runs[script] = Started(process, output)
+        try:
+            yield runs
+        finally:
+            for run in runs.values():
+                if run.process.poll() is None:
+                    run.process.kill()
+                    run.process.wait()
+
+
+@pytest.mark.parametrize("script", list(SMOKE_COMMANDS))
+def test_benchmark_runs_at_a_tiny_size(started: dict[str, Started], script: str) -> None:
+    code, output = started[script].finish()
+    assert code == 0, f"{script} exited {code}:\n{output[-4000:]}"
+    for expected in EXPECTED_OUTPUT[script]:
+        assert expected in output, f"{script} printed no {expected!r}:\n{output[-4000:]}"
