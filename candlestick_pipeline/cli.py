@@ -189,7 +189,10 @@ def load(
 def _execute_runs(
     instance: dg.DagsterInstance, asset_name: str, security: SecurityKey, runs: list[list[str]]
 ) -> int:
-    from candlestick_pipeline.definitions import defs
+    from candlestick_pipeline.definitions import build_definitions
+
+    # Built now, not at import: the environment (ISS URL, DSN) is the one this command runs with.
+    defs = build_definitions()
 
     job = defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey(asset_name)])
     if job is None:  # pragma: no cover - every candle asset has an implicit job

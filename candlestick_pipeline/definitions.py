@@ -11,15 +11,21 @@ from candlestick_pipeline.defs.publish import publication_definitions
 from candlestick_pipeline.defs.resources import build_resources
 from candlestick_pipeline.defs.securities.assets import securities
 
-defs = dg.Definitions.merge(
-    dg.Definitions(
-        assets=[securities, *candle_assets],
-        asset_checks=candle_checks,
-        resources=build_resources(),
-        # Each run is one security's asset and its checks, in sequence: a subprocess per step
-        # would only add start-up time (11.3 s -> 4.2 s a run, docs/benchmarks.md).
-        executor=dg.in_process_executor,
-    ),
-    automation_definitions(),
-    publication_definitions(),
-)
+
+def build_definitions() -> dg.Definitions:
+    """The code location, with resources configured from the environment as it is now."""
+    return dg.Definitions.merge(
+        dg.Definitions(
+            assets=[securities, *candle_assets],
+            asset_checks=candle_checks,
+            resources=build_resources(),
+            # Each run is one security's asset and its checks, in sequence: a subprocess per step
+            # would only add start-up time (11.3 s -> 4.2 s a run, docs/benchmarks.md).
+            executor=dg.in_process_executor,
+        ),
+        automation_definitions(),
+        publication_definitions(),
+    )
+
+
+defs = build_definitions()
