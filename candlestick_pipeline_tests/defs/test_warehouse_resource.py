@@ -10,8 +10,9 @@ from polars.testing import assert_frame_equal
 
 from candlestick_pipeline.defs.warehouse import WarehouseResource
 from candlestick_pipeline.lib.frames import CANDLE_SCHEMA
-from candlestick_pipeline.lib.securities import SecurityInfo, SecurityKey
+from candlestick_pipeline.lib.securities import SecurityKey
 from candlestick_pipeline.lib.warehouse import current_revision, head_revision
+from candlestick_pipeline_tests.factories import security_info
 
 SBER = SecurityKey("SBER", "TQBR")
 START = dt.datetime(2025, 3, 3)
@@ -29,22 +30,15 @@ FRAME = pl.DataFrame(
     },
     schema=CANDLE_SCHEMA,
 )
-INFO = SecurityInfo(
-    secid="SBER",
-    board="TQBR",
-    engine="stock",
-    market="shares",
-    shortname="Сбербанк",
-    name=None,
-    isin=None,
-    decimals=2,
+INFO = security_info(
+    SecurityKey("SBER", "TQBR"),
+    "Сбербанк",
     currency="SUR",
-    is_primary=True,
-    is_traded=True,
+    name=None,
     listed_from=None,
-    listed_till=None,
     history_from=None,
-    history_till=None,
+    security_type=None,
+    security_group=None,
 )
 
 

@@ -23,7 +23,8 @@ from candlestick_pipeline.defs.iss.errors import (
     UnknownSecurityError,
     WrongBoardError,
 )
-from candlestick_pipeline.lib.securities import InvalidSecurityKeyError, SecurityInfo
+from candlestick_pipeline.lib.securities import InvalidSecurityKeyError, SecurityInfo, SecurityKey
+from candlestick_pipeline_tests.factories import security_info
 
 BASE = "https://iss.test"
 D = dt.date
@@ -32,22 +33,15 @@ COLUMNS = ["open", "close", "high", "low", "value", "volume", "begin", "end"]
 CANDLES_PATH = "/iss/engines/stock/markets/shares/boards/TQBR/securities/SBER/candles.json"
 Handler = Callable[[httpx.Request], httpx.Response]
 
-SBER = SecurityInfo(
-    secid="SBER",
-    board="TQBR",
-    engine="stock",
-    market="shares",
-    shortname="Сбербанк",
-    name=None,
-    isin=None,
-    decimals=2,
+SBER = security_info(
+    SecurityKey("SBER", "TQBR"),
+    "Сбербанк",
     currency="RUB",
-    is_primary=True,
-    is_traded=True,
+    name=None,
     listed_from=None,
-    listed_till=None,
     history_from=None,
-    history_till=None,
+    security_type=None,
+    security_group=None,
 )
 
 

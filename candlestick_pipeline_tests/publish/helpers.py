@@ -23,8 +23,9 @@ import sqlalchemy as sa
 from candlestick_pipeline.defs.publish.serve import datasette_command
 from candlestick_pipeline.lib import warehouse
 from candlestick_pipeline.lib.frames import CANDLE_SCHEMA
-from candlestick_pipeline.lib.securities import SecurityInfo, SecurityKey
+from candlestick_pipeline.lib.securities import SecurityKey
 from candlestick_pipeline.lib.timeframes import get_timeframe
+from candlestick_pipeline_tests.factories import security_info
 
 SBER = SecurityKey("SBER", "TQBR")
 GAZP = SecurityKey("GAZP", "TQBR")
@@ -36,31 +37,6 @@ STEP = {
     "1h": dt.timedelta(hours=1),
     "1d": dt.timedelta(days=1),
 }
-
-
-def security_info(
-    key: SecurityKey, shortname: str, engine: str = "stock", market: str = "shares"
-) -> SecurityInfo:
-    return SecurityInfo(
-        secid=key.secid,
-        board=key.board,
-        engine=engine,
-        market=market,
-        shortname=shortname,
-        name=f"{shortname} (test)",
-        isin=None,
-        decimals=2,
-        currency="SUR",
-        is_primary=True,
-        is_traded=True,
-        listed_from=dt.date(2010, 1, 1),
-        listed_till=None,
-        history_from=dt.date(2011, 1, 1),
-        history_till=None,
-        security_type="common_share",
-        security_group="stock_shares",
-        other_boards=(),
-    )
 
 
 def make_candles(
