@@ -80,7 +80,7 @@ class StandInProcess:
     def reset_stats(self) -> None:
         self._call("/_standin/reset", {})
 
-    def candle_requests(self) -> int:
+    def candle_requests(self) -> int | None:
         return int(self._call("/_standin/stats")["candle_requests"])
 
     def stop(self) -> None:
@@ -97,6 +97,32 @@ class StandInProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class ExternalISS:
+    """An ISS (stand-in) that somebody else runs, at ``base_url``: no control endpoints.
+
+    Its latency is whatever it was started with (pass the same ``--latency-ms`` to the script);
+    requests are counted on our side (run metadata, the B2 loop), not by the server.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+
+    def set_latency(self, latency_ms: float) -> None:
+        pass
+
+    def reset_stats(self) -> None:
+        pass
+
+    def candle_requests(self) -> int | None:
+        return None
+
+    def __enter__(self) -> ExternalISS:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
 
 
 @contextmanager

@@ -127,6 +127,12 @@ def final_after_minutes() -> int:
     return _int_env("CANDLESTICK_FINAL_AFTER_MINUTES", 30)
 
 
+def fetch_span_max() -> int | None:
+    """An upper bound on the partitions one ISS candle request stream covers (unset: per grain)."""
+    raw = os.environ.get("CANDLESTICK_FETCH_SPAN_MAX")
+    return _int_env("CANDLESTICK_FETCH_SPAN_MAX", 1, minimum=1) if raw else None
+
+
 def publication_path() -> Path:
     """The SQLite file Datasette serves (``$CANDLESTICK_PUBLICATION_PATH``)."""
     env = os.environ.get("CANDLESTICK_PUBLICATION_PATH")

@@ -35,8 +35,15 @@ def _assert_warehouse_equals_source(
     return stored.height
 
 
-def _requested_from_dates(project: Project) -> set[str]:
-    return {entry["from"] for entry in project.standin.stats.snapshot()["candle_requests_log"]}
+def _requested_dates(project: Project) -> set[str]:
+    """Every day that some candle request's ``from``/``till`` (both inclusive) covered."""
+    requested: set[str] = set()
+    for entry in project.standin.stats.snapshot()["candle_requests_log"]:
+        day, till = dt.date.fromisoformat(entry["from"]), dt.date.fromisoformat(entry["till"])
+        while day <= till:
+            requested.add(day.isoformat())
+            day += dt.timedelta(days=1)
+    return requested
 
 
 @pytest.mark.parametrize("project_fixture", ["sqlite_project", "postgres_project"])
@@ -70,7 +77,7 @@ def test_add_securities_backfill_and_reload_only_what_is_missing(
         "candlestick", "load", "SBER.TQBR", "-t", "1m", "--from", "2025-05-30", "--till", "2025-06-09"
     )
     assert "11 partition(s), 7 already loaded, 4 to load in 2 run(s)" in out.stdout
-    assert _requested_from_dates(project) == {"2025-05-30", "2025-05-31", "2025-06-01", "2025-06-09"}
+    assert _requested_dates(project) == {"2025-05-30", "2025-05-31", "2025-06-01", "2025-06-09"}
     _assert_warehouse_equals_source(
         project, SBER, "1m", 1, dt.datetime(2025, 5, 30), dt.datetime(2025, 6, 10)
     )

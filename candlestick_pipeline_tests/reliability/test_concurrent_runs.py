@@ -108,8 +108,12 @@ def test_two_date_gaps_of_one_security_loaded_at_once_both_complete(
     assert "4 to load in 1 run(s)" in results[0][1] and "5 to load in 1 run(s)" in results[1][1]
 
     # Only the gaps were fetched, both completely; the whole span equals the source.
-    fetched = {entry["from"] for entry in standin.stats.snapshot()["candle_requests_log"]}
-    assert fetched == {day.isoformat() for gap in gaps for day in gap}
+    fetched = {
+        day
+        for entry in standin.stats.snapshot()["candle_requests_log"]
+        for day in days_between(entry["from"], entry["till"])
+    }
+    assert fetched == {day for gap in gaps for day in gap}
     for day in span:
         assert_exact(
             stored(project.warehouse_dsn, SBER, "1m", *day_window(day)),
@@ -171,3 +175,9 @@ def test_writers_racing_on_one_window_leave_one_complete_load_and_readers_never_
         final = warehouse.read_candles(engine, SBER, "1m", *window)
         assert any(final.equals(frame) for frame in frames)
         assert warehouse.count_candles(engine, SBER, "1m") == frames[0].height
+
+
+def days_between(first: str, last: str) -> list[dt.date]:
+    """The days of an ISS ``from``/``till`` pair (both inclusive)."""
+    start, end = dt.date.fromisoformat(first), dt.date.fromisoformat(last)
+    return days(start, (end - start).days + 1)

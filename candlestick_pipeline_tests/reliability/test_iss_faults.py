@@ -14,11 +14,12 @@ import dagster as dg
 import pytest
 
 from candlestick_pipeline.config import run_retries
+from candlestick_pipeline.defs.candles import loading
 from candlestick_pipeline.defs.candles.partitions import multi_key
 from candlestick_pipeline.defs.candles.status import LoadState, partition_states
 from candlestick_pipeline.lib import warehouse
 from candlestick_pipeline.lib.securities import SecurityInfo
-from candlestick_pipeline.lib.timeframes import TIMEFRAMES
+from candlestick_pipeline.lib.timeframes import TIMEFRAMES, Grain
 from candlestick_pipeline.standin.server import FAULT_KINDS, ISSStandIn
 from candlestick_pipeline_tests.reliability.conftest import (
     ASSETS,
@@ -104,10 +105,13 @@ def test_a_backfill_through_every_iss_fault_at_once_loads_exactly_the_source(
         metas = [_metadata(m) for m in run.asset_materializations_for_node(asset)]
         assert len(metas) == count
         run_retries = 0
-        for meta in metas:
+        # The partitions of one fetch span share its figures; count each fetch once.
+        fetches = {meta["iss_fetch"]: meta for meta in metas}
+        assert all(meta["run_partitions"] == count for meta in metas)
+        assert {meta["run_iss_fetches"] for meta in metas} == {len(fetches)}
+        for meta in fetches.values():
             pages, tries, sent = (int(meta[name]) for name in ("iss_pages", "iss_retries", "iss_requests"))
             assert sent == pages + tries and tries <= (STORM_MAX_ATTEMPTS - 1) * pages
-            assert meta["run_partitions"] == count
             run_retries += tries
             requests += sent
             worst = max(worst, tries)
@@ -133,7 +137,7 @@ def test_a_backfill_through_every_iss_fault_at_once_loads_exactly_the_source(
                 "rows_checked": rows_checked,
                 "iss_requests": requests,
                 "iss_retries": retries,
-                "most_retries_in_one_partition": worst,
+                "most_retries_in_one_fetch": worst,
                 "faults_injected": dict(sorted(faults.items())),
                 "seconds": round(elapsed, 1),
             }
@@ -227,17 +231,19 @@ def test_iss_going_down_mid_range_leaves_every_day_whole_and_a_rerun_completes(
     week = days(dt.date(2025, 6, 2), 7)
     preload(warehouse_dsn, standin, key, week, revision=0)
     standin.set_revision(1)
-    original = warehouse.replace_candles
-    written: list[dt.datetime] = []
+    original = warehouse.replace_candles_many
+    written: list[object] = []
 
     def replace_then_iss_dies(*args: object, **kwargs: object) -> int:
         rows = original(*args, **kwargs)  # type: ignore[arg-type]
-        written.append(args[3])  # type: ignore[arg-type]
+        written.append(args[3])
         standin.set_faults(down=True)  # ISS dies right after the first partition is written
         return rows
 
-    monkeypatch.setattr(warehouse, "replace_candles", replace_then_iss_dies)
-    # One fetch at a time (two queued), so the partitions after the third are never fetched.
+    monkeypatch.setattr(warehouse, "replace_candles_many", replace_then_iss_dies)
+    # One partition per fetch span (as in a range longer than a span), one fetch at a time (two
+    # queued), so the partitions after the third are never fetched.
+    monkeypatch.setitem(loading._MAX_SPAN, Grain.DAY, 1)
     res = resources(standin, warehouse_dsn, max_concurrency=1, max_attempts=2)
     failed = dg.materialize(
         [ASSETS["candles_1m"]],
@@ -254,7 +260,7 @@ def test_iss_going_down_mid_range_leaves_every_day_whole_and_a_rerun_completes(
     assert state[week[0]] == "new" and all(state[day] == "old" for day in week[2:])
     assert 1 <= len(written) <= 2
 
-    monkeypatch.setattr(warehouse, "replace_candles", original)
+    monkeypatch.setattr(warehouse, "replace_candles_many", original)
     standin.set_faults(down=False)
     assert dg.materialize(
         [ASSETS["candles_1m"]],
@@ -312,7 +318,9 @@ def test_a_board_iss_has_no_candles_for_ends_with_zero_rows_and_others_still_loa
     )
     assert odd_run.success and time.monotonic() - started < 10
     assert {m.metadata["rows"].value for m in odd_run.asset_materializations_for_node("candles_1m")} == {0}  # type: ignore[union-attr]
-    assert standin.candle_requests(board="NOTABOARD") == 5  # one empty page per day, no loop
+    # One empty page per fetch span (5 days in 4 spans at ISS concurrency 4), and no loop.
+    assert res["iss"].max_concurrency == 4  # type: ignore[attr-defined]
+    assert standin.candle_requests(board="NOTABOARD") == 4
     assert dg.materialize(
         [ASSETS["candles_1m"]],
         instance=instance,

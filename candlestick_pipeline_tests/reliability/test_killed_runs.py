@@ -153,6 +153,9 @@ def test_sigkill_of_dagster_asset_materialize_mid_range_then_a_rerun_completes_i
     preload(project.warehouse_dsn, standin, SBER, span, revision=0)
     standin.set_revision(1)  # ISS corrected every price: a complete reload changes every row
     standin.set_faults(latency_ms=100)  # slow enough that the run is still writing when it is killed
+    # A request stream per day, so that days are written one after another (one stream would write
+    # the range in one transaction, leaving nothing to kill in between).
+    project.extra_env["CANDLESTICK_FETCH_SPAN_MAX"] = "1"
     selection = ("--select", "candles_1m", "--partition-range")
     span_keys = f"{multi_key(SBER, span[0].isoformat())}...{multi_key(SBER, span[-1].isoformat())}"
 

@@ -58,11 +58,14 @@ def _registered_security(warehouse: WarehouseResource, part: CandlePartition) ->
 
 
 def _summary(loads: list[PartitionLoad]) -> dict[str, int]:
+    # The partitions of one fetch span share its ISS figures: count each fetch once.
+    fetches = {load.fetch: load for load in loads}.values()
     return {
         "run_partitions": len(loads),
         "run_rows": sum(load.rows for load in loads),
-        "run_iss_pages": sum(load.pages for load in loads),
-        "run_iss_retries": sum(load.retries for load in loads),
+        "run_iss_fetches": len(fetches),
+        "run_iss_pages": sum(load.pages for load in fetches),
+        "run_iss_retries": sum(load.retries for load in fetches),
     }
 
 
