@@ -6,9 +6,12 @@ The seed service's command keeps working: ``candlestick create-security SU26238R
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import multiprocessing
 import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
 import click
@@ -140,16 +143,31 @@ def _parse_date(value: str, name: str) -> dt.date:
 @click.option("--till", "date_till", required=True, help="Last day, inclusive (YYYY-MM-DD).")
 @click.option("--refresh", is_flag=True, help="Fetch every partition again, even final ones.")
 @click.option("--dry-run", is_flag=True, help="Only print which partitions would be loaded.")
+@click.option(
+    "--parallel",
+    "-j",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Runs at once, in worker processes (default: one per security, up to ISS_MAX_CONCURRENCY); "
+    "they share ISS_MAX_CONCURRENCY.",
+)
 def load(
-    keys: tuple[str, ...], timeframe_name: str, date_from: str, date_till: str, refresh: bool, dry_run: bool
+    keys: tuple[str, ...],
+    timeframe_name: str,
+    date_from: str,
+    date_till: str,
+    refresh: bool,
+    dry_run: bool,
+    parallel: int | None,
 ) -> None:
-    """Load the candles of KEY (SECID.BOARD; several KEYs are loaded one after another) for a range,
-    fetching only the partitions that are not loaded yet.
+    """Load the candles of KEY (SECID.BOARD; several KEYs at once) for a range, fetching only the
+    partitions that are not loaded yet.
 
-    Runs in this process and records each run in the Dagster instance, like
-    ``dagster asset materialize --partition-range`` but skipping what is already final. Give all
-    the securities of a backfill in one call: each run uses the whole ISS concurrency, and the
-    process starts (about 3 s) once.
+    Records each run in the Dagster instance, like ``dagster asset materialize --partition-range``
+    but skipping what is already final. A run covers one security; give all the securities of a
+    backfill in one call: their runs go in parallel (forked worker processes, ``--parallel``), so
+    that one run's Dagster bookkeeping overlaps another's ISS requests, and they divide the ISS
+    concurrency (``ISS_MAX_CONCURRENCY``) between them, so ISS never sees more than one run would.
     """
     from candlestick_pipeline.defs.candles.status import contiguous_runs, partition_states
 
@@ -179,37 +197,66 @@ def load(
             plans.append((security, runs))
         if dry_run:
             return
-        failed = sum(
-            _execute_runs(instance, timeframe.asset_name, security, runs) for security, runs in plans if runs
-        )
+        work = [(security, run) for security, runs in plans for run in runs]
+        failed = _execute_runs(instance, timeframe.asset_name, work, parallel)
     if failed:
         raise _UserError(f"{failed} run(s) failed; see the Dagster UI or `dagster run list`")
 
 
 def _execute_runs(
-    instance: dg.DagsterInstance, asset_name: str, security: SecurityKey, runs: list[list[str]]
+    instance: dg.DagsterInstance,
+    asset_name: str,
+    work: list[tuple[SecurityKey, list[str]]],
+    parallel: int | None,
 ) -> int:
+    """Execute one run per (security, partition range), ``parallel`` at once; the number that failed."""
+    if not work:
+        return 0
+    concurrency = config.ISSSettings.from_env().max_concurrency
+    workers = max(1, min(len(work), parallel or concurrency))
+    # The runs share the configured ISS concurrency, so ISS sees no more than one run alone would.
+    share = max(1, concurrency // workers)
+    items = [(asset_name, str(security), run, share) for security, run in work]
+    if workers == 1:
+        outcomes = [_execute_run(*item, instance=instance) for item in items]
+        return sum(not ok for ok in outcomes)
+    # Worker processes, not threads: Dagster's SQLite storage deadlocks between threads of one
+    # process. Forked, they start without importing anything again (about 3 s a process).
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    with pool:
+        return sum(not ok for ok in pool.map(_execute_run, *zip(*items, strict=True)))
+
+
+@functools.cache
+def _job_for(asset_name: str, iss_max_concurrency: int) -> dg.JobDefinition:
     from candlestick_pipeline.definitions import build_definitions
 
     # Built now, not at import: the environment (ISS URL, DSN) is the one this command runs with.
-    defs = build_definitions()
-
+    defs = build_definitions(iss_max_concurrency=iss_max_concurrency)
     job = defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey(asset_name)])
     if job is None:  # pragma: no cover - every candle asset has an implicit job
         raise _UserError(f"no job can materialize {asset_name}")
-    failed = 0
-    for run in runs:
-        tags = {
-            "dagster/asset_partition_range_start": str(multi_key(security, run[0])),
-            "dagster/asset_partition_range_end": str(multi_key(security, run[-1])),
-        }
-        result = job.execute_in_process(
-            instance=instance, tags=tags, asset_selection=[dg.AssetKey(asset_name)], raise_on_error=False
-        )
-        status = "ok" if result.success else "FAILED"
-        click.echo(f"  {run[0]} .. {run[-1]} ({len(run)} partition(s)): {status}, run {result.run_id}")
-        failed += 0 if result.success else 1
-    return failed
+    return job
+
+
+def _execute_run(
+    asset_name: str, security: str, run: list[str], share: int, instance: dg.DagsterInstance | None = None
+) -> bool:
+    """One run of ``asset_name`` over ``run`` (date keys) of ``security``; whether it succeeded."""
+    key = SecurityKey.parse(security)
+    tags = {
+        "dagster/asset_partition_range_start": str(multi_key(key, run[0])),
+        "dagster/asset_partition_range_end": str(multi_key(key, run[-1])),
+    }
+    result = _job_for(asset_name, share).execute_in_process(
+        instance=instance or _instance(),
+        tags=tags,
+        asset_selection=[dg.AssetKey(asset_name)],
+        raise_on_error=False,
+    )
+    status = "ok" if result.success else "FAILED"
+    click.echo(f"  {key} {run[0]} .. {run[-1]} ({len(run)} partition(s)): {status}, run {result.run_id}")
+    return result.success
 
 
 @main.command("dev", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

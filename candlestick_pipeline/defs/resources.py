@@ -7,6 +7,7 @@ definitions or shown in the UI; without it the embedded SQLite file is used.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import dagster as dg
@@ -18,9 +19,16 @@ from candlestick_pipeline.defs.warehouse.resource import WarehouseResource
 WAREHOUSE_DSN_ENV = "CANDLESTICK_WAREHOUSE_DSN"
 
 
-def build_iss_resource() -> ISSResource:
-    """ISS (or a stand-in, via ``ISS_BASE_URL``) with the configured limits."""
-    return ISSResource.from_settings(ISSSettings.from_env())
+def build_iss_resource(max_concurrency: int | None = None) -> ISSResource:
+    """ISS (or a stand-in, via ``ISS_BASE_URL``) with the configured limits.
+
+    ``max_concurrency`` replaces ``ISS_MAX_CONCURRENCY`` for a process that runs several runs at
+    once and shares the configured concurrency among them.
+    """
+    settings = ISSSettings.from_env()
+    if max_concurrency is not None:
+        settings = dataclasses.replace(settings, max_concurrency=max_concurrency)
+    return ISSResource.from_settings(settings)
 
 
 def build_warehouse_resource() -> WarehouseResource:
@@ -30,6 +38,6 @@ def build_warehouse_resource() -> WarehouseResource:
     return WarehouseResource(dsn=default_warehouse_dsn())
 
 
-def build_resources() -> dict[str, dg.ConfigurableResource]:
+def build_resources(iss_max_concurrency: int | None = None) -> dict[str, dg.ConfigurableResource]:
     """Resources by the names the assets ask for."""
-    return {"iss": build_iss_resource(), "warehouse": build_warehouse_resource()}
+    return {"iss": build_iss_resource(iss_max_concurrency), "warehouse": build_warehouse_resource()}

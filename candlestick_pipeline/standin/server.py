@@ -41,7 +41,7 @@ import struct
 import sys
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -156,6 +156,8 @@ class StandInStats:
         self.candle_requests_log: list[dict[str, Any]] = []
         self.faults_injected: dict[str, int] = {}
         self.internal_errors = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.reset()
 
     def reset(self) -> None:
@@ -165,6 +167,7 @@ class StandInStats:
             self.candle_requests_log = []
             self.faults_injected = {}
             self.internal_errors = 0
+            self.max_in_flight = self.in_flight
 
     def record_request(self, endpoint: str, candle_params: dict[str, Any] | None) -> None:
         with self._lock:
@@ -172,6 +175,18 @@ class StandInStats:
             self.by_endpoint[endpoint] = self.by_endpoint.get(endpoint, 0) + 1
             if candle_params is not None:
                 self.candle_requests_log.append(candle_params)
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Count an ISS request as in flight (latency included) while it is being answered."""
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     def record_fault(self, kind: str) -> None:
         with self._lock:
@@ -203,6 +218,7 @@ class StandInStats:
                 "candle_requests_log": [dict(entry) for entry in self.candle_requests_log],
                 "faults_injected": dict(self.faults_injected),
                 "internal_errors": self.internal_errors,
+                "max_in_flight": self.max_in_flight,
             }
 
 
@@ -606,11 +622,12 @@ class _Handler(BaseHTTPRequestHandler):
             if method != "GET":
                 self._send_html(404)
                 return
-            fault = owner._draw_fault(route, url.path)
-            owner._sleep_latency(route, url.path)
-            if fault is not None and self._inject(fault, route, params):
-                return
-            self._serve_iss(route, params)
+            with owner.stats.serving():
+                fault = owner._draw_fault(route, url.path)
+                owner._sleep_latency(route, url.path)
+                if fault is not None and self._inject(fault, route, params):
+                    return
+                self._serve_iss(route, params)
         except _BadRequestError as exc:
             self._send_json(400, {"error": str(exc)})
         except (ConnectionError, TimeoutError):

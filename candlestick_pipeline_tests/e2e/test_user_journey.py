@@ -114,3 +114,36 @@ def test_bad_partition_keys_on_the_dagster_cli_write_nothing(sqlite_project: Pro
         assert warehouse.count_candles(engine) == 0
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("project_fixture", ["sqlite_project", "postgres_project"])
+def test_several_securities_load_in_parallel_runs_that_share_the_iss_concurrency(
+    request: pytest.FixtureRequest, project_fixture: str
+) -> None:
+    project: Project = request.getfixturevalue(project_fixture)
+    project.standin.set_now(NOW)
+    keys = ("SBER.TQBR", "GAZP.TQBR", "SBER.SMAL")
+    for key in keys:
+        project.run("candlestick", "create-security", *key.split("."))
+    project.extra_env["ISS_MAX_CONCURRENCY"] = "3"
+    project.standin.set_faults(latency_ms=50)  # so that the requests of the runs overlap in time
+    project.standin.reset_stats()
+    dates = ("--from", "2025-05-19", "--till", "2025-06-08")
+    out = project.run("candlestick", "load", *keys, "-t", "1m", *dates)
+    # One run per security, in three worker processes with one ISS request in flight each: they
+    # ran at the same time, and ISS never saw more than ISS_MAX_CONCURRENCY requests at once.
+    assert out.stdout.count(": ok, run ") == 3
+    assert 2 <= project.standin.stats.snapshot()["max_in_flight"] <= 3
+    for key in keys:
+        security = SecurityKey.parse(key)
+        _assert_warehouse_equals_source(
+            project, security, "1m", 1, dt.datetime(2025, 5, 19), dt.datetime(2025, 6, 9)
+        )
+    # Each run fetched its 21 days in one stream (ISS concurrency 1 each): 2 pages a day or less.
+    assert project.standin.candle_requests() <= 3 * (21 * 2 + 1)
+
+    # Asked for the same again with --parallel 1: nothing is left to load, nothing is fetched.
+    project.standin.reset_stats()
+    again = project.run("candlestick", "load", *keys, "-t", "1m", *dates, "-j", "1")
+    assert again.stdout.count("21 already loaded, 0 to load") == 3
+    assert project.standin.candle_requests() == 0
