@@ -11,7 +11,9 @@ C (``ISS_MAX_CONCURRENCY``) for each C in ``--concurrency``. Two workloads:
 Layouts (``--layouts``), all keeping at most C ISS requests in flight in total:
 
 * ``sequential``: one ``candlestick load KEY`` process per security, one after another;
-* ``one-process``: one ``candlestick load KEY1 KEY2 ...`` process, runs one after another;
+* ``serial-runs``: one ``candlestick load -j 1 KEY1 KEY2 ...`` process, runs one after another;
+* ``one-process``: one ``candlestick load KEY1 KEY2 ...`` process: the user's command, whose runs go
+  in forked worker processes (up to C at once) that divide the ISS concurrency C between them;
 * ``parallel``: ``--processes`` P processes at once (securities dealt round-robin), each with ISS
   concurrency C / P, so that one run's Dagster bookkeeping overlaps another's fetching.
 
@@ -75,7 +77,7 @@ from candlestick_pipeline.lib.timeframes import Timeframe, get_timeframe
 
 # Stand-in securities with long sessions (shares incl. weekends, FX, a future): ~1,000 minutes a day.
 CATALOG = ("SBER.TQBR", "GAZP.TQBR", "SBER.SMAL", "CNYRUB_TOM.CETS", "SiZ5.RFUD")
-LAYOUTS = ("sequential", "one-process", "parallel")
+LAYOUTS = ("sequential", "serial-runs", "one-process", "parallel")
 
 
 @dataclass(frozen=True)
@@ -207,8 +209,9 @@ def run_b1(
         env = project.env(ISS_BASE_URL=standin.base_url, ISS_MAX_CONCURRENCY=str(concurrency))
         cpu_before = _children_cpu()
         started = time.perf_counter()
-        if layout == "one-process":
-            _, code = timed([candlestick, "load", *work.keys, *window], env, log)
+        if layout in ("one-process", "serial-runs"):
+            jobs = ["-j", "1"] if layout == "serial-runs" else []
+            _, code = timed([candlestick, "load", *work.keys, *window, *jobs], env, log)
             codes = [code]
         elif layout == "sequential":
             codes = [timed([candlestick, "load", key, *window], env, log)[1] for key in work.keys]
