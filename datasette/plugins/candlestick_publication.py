@@ -36,3 +36,13 @@ def forbidden(datasette, request, message):
 @hookimpl
 def menu_links(datasette, actor):
     return plugin.menu_links(datasette)
+
+
+@hookimpl
+def register_output_renderer(datasette):
+    return plugin.output_renderers()
+
+
+@hookimpl
+def prepare_connection(conn):
+    plugin.prepare_connection(conn)

@@ -398,15 +398,33 @@ async def send_error(send: Send, path: str, status: int, message: str, cors: boo
 
 
 SecurityLookup = Callable[[str, str | None], Awaitable[bool]]
+FastAnswer = Callable[[Scope, Receive, Send, Checked], Awaitable[bool]]
+"""Answers a request that passed the checks by itself (True), security lookup included, or not."""
+
+
+def unknown_security(checked: Checked) -> GuardError:
+    where = f"{checked.secid}.{checked.board}" if checked.board else checked.secid
+    return GuardError(404, f"unknown security {where}: the publication holds no such security")
 
 
 class GuardMiddleware:
-    """ASGI middleware: refuse what :func:`check_request` refuses, 404 for unknown securities."""
+    """ASGI middleware: refuse what :func:`check_request` refuses, 404 for unknown securities.
 
-    def __init__(self, app: ASGIApp, security_exists: SecurityLookup, cors: bool = False) -> None:
+    ``fast_answer`` (optional) is offered every request that passes the checks before the security
+    lookup; when it answers, it has made that lookup itself (raising :func:`unknown_security`).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        security_exists: SecurityLookup,
+        cors: bool = False,
+        fast_answer: FastAnswer | None = None,
+    ) -> None:
         self.app = app
         self.security_exists = security_exists
         self.cors = cors
+        self.fast_answer = fast_answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
@@ -418,11 +436,16 @@ class GuardMiddleware:
             checked = check_request(scope.get("method", "GET"), path, query_string)
             if (
                 checked is not None
+                and self.fast_answer is not None
+                and await self.fast_answer(scope, receive, send, checked)
+            ):
+                return
+            if (
+                checked is not None
                 and checked.secid is not None
                 and not await self.security_exists(checked.secid, checked.board)
             ):
-                where = f"{checked.secid}.{checked.board}" if checked.board else checked.secid
-                raise GuardError(404, f"unknown security {where}: the publication holds no such security")
+                raise unknown_security(checked)
         except GuardError as exc:
             await send_error(send, path, exc.status, exc.message, self.cors)
             return
