@@ -5,7 +5,10 @@ Generates synthetic 1-minute candles (by default 10 securities x 100 days x 1,00
 
 * ``partition``: one ``replace_candles`` per security-day window (one transaction each), into an
   empty warehouse: the daily partitions of a backfill run one by one;
-* ``overwrite``: the same again over the loaded data (every window is deleted and re-inserted);
+* ``overwrite``: the same again over the loaded data: a refresh that returns the stored candles;
+* ``overwrite-changed``: over the loaded data, every candle with other values (``close`` and
+  ``volume`` differ): a correction of everything, the worst case of a refresh;
+* ``overwrite-1pct``: over the loaded data, 1 candle in 100 with other values;
 * ``batched``: one ``replace_candles_many`` per security covering all its day windows, into an empty
   warehouse: a single-run backfill.
 
@@ -51,7 +54,7 @@ from candlestick_pipeline.lib.warehouse import (
 DEFAULT_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 FIRST_DAY = dt.date(2024, 1, 1)
 SESSION_START = dt.time(7, 0)
-MODES = ("partition", "overwrite", "batched")
+MODES = ("partition", "overwrite", "overwrite-changed", "overwrite-1pct", "batched")
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,23 @@ def generate(rows: int, securities: int, per_day: int) -> list[Partition]:
             start = dt.datetime.combine(FIRST_DAY + dt.timedelta(days=int(day_number)), dt.time())
             partitions.append(Partition(key, start, start + dt.timedelta(days=1), part.drop("day")))
     return partitions
+
+
+def changed(partitions: Sequence[Partition], every: int) -> list[Partition]:
+    """The partitions with every ``every``-th candle's ``close`` and ``volume`` changed."""
+    altered = (pl.int_range(pl.len()) % every) == every - 1
+    return [
+        Partition(
+            p.key,
+            p.start,
+            p.end,
+            p.frame.with_columns(
+                pl.when(altered).then(pl.col("close") + 0.01).otherwise(pl.col("close")).alias("close"),
+                pl.when(altered).then(pl.col("volume") + 1).otherwise(pl.col("volume")).alias("volume"),
+            ),
+        )
+        for p in partitions
+    ]
 
 
 def run_partition(engine: sa.Engine, partitions: Sequence[Partition]) -> int:
@@ -136,8 +156,12 @@ def measure(
     engine = create_warehouse_engine(dsn)
     try:
         migrate(engine)
-        if mode == "overwrite":
+        if mode.startswith("overwrite"):
             run_partition(engine, partitions)
+        if mode == "overwrite-changed":
+            partitions = changed(partitions, every=1)
+        elif mode == "overwrite-1pct":
+            partitions = changed(partitions, every=100)
         runner: Callable[[sa.Engine, Sequence[Partition]], int] = (
             run_batched if mode == "batched" else run_partition
         )
@@ -192,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({args.securities} securities) in {time.perf_counter() - started:.1f} s",
         flush=True,
     )
-    print(f"{'backend':<11} {'mode':<10} {'rows':>10} {'seconds':>8} {'candles/s':>11}")
+    print(f"{'backend':<11} {'mode':<17} {'rows':>10} {'seconds':>8} {'candles/s':>11}")
     with tempfile.TemporaryDirectory(prefix="cp_bench_", dir=args.sqlite_dir) as folder:
         for backend in backends:
             for mode in modes:
@@ -202,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with warehouse as dsn:
                     rows, seconds, stats = measure(dsn, mode, partitions, backend in profiled)
                 print(
-                    f"{backend:<11} {mode:<10} {rows:>10,} {seconds:>8.2f} {rows / seconds:>11,.0f}",
+                    f"{backend:<11} {mode:<17} {rows:>10,} {seconds:>8.2f} {rows / seconds:>11,.0f}",
                     flush=True,
                 )
                 if stats is not None:

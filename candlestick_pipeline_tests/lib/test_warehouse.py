@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -306,6 +307,73 @@ def test_replace_many_windows_in_one_go(engine: sa.Engine) -> None:
 
 
 # --- validation happens before the database is touched -----------------------------------------
+
+
+def _row_versions(engine: sa.Engine) -> dict[dt.datetime, str]:
+    """PostgreSQL: the transaction that wrote each stored candle of SBER 1m (``xmin``), by ``begin``."""
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT \"begin\", xmin::text FROM candles WHERE secid = 'SBER' AND timeframe = '1m'"
+        ).all()
+    return {begin: xmin for begin, xmin in rows}
+
+
+def test_a_refresh_writes_only_the_candles_that_differ(engine: sa.Engine) -> None:
+    replace_candles(engine, SBER, "1m", D1, D2, candles_frame(D1))
+    replace_candles(engine, SBER, "1m", D2, D3, candles_frame(D2))
+    before = _row_versions(engine) if engine.dialect.name == "postgresql" else {}
+    # The same candles again: nothing is rewritten.
+    assert replace_candles(engine, SBER, "1m", D1, D2, candles_frame(D1)) == 30
+    if before:
+        assert _row_versions(engine) == before
+    # One corrected, one gone, one new (a minute after the last): only those three change.
+    stored = candles_frame(D1)
+    new_minute = stored.tail(1).with_columns(pl.col("begin", "end") + dt.timedelta(minutes=1))
+    refreshed = pl.concat(
+        [stored.with_columns(pl.col("close") + pl.lit(0.5) * (pl.int_range(30) == 7)), new_minute]
+    )
+    refreshed = refreshed.filter(pl.int_range(31) != 12)
+    assert replace_candles(engine, SBER, "1m", D1, D2, refreshed) == 30
+    assert_frame_equal(read_candles(engine, SBER, "1m", D1, D2), refreshed)
+    assert_frame_equal(read_candles(engine, SBER, "1m", D2, D3), candles_frame(D2))
+    if before:
+        after = _row_versions(engine)
+        begins = stored["begin"].to_list()
+        rewritten = {begin for begin in after if after[begin] != before.get(begin)}
+        assert rewritten == {begins[7], new_minute["begin"][0]}
+        assert begins[12] not in after
+
+
+def test_a_refresh_of_several_windows_writes_only_the_candles_that_differ(engine: sa.Engine) -> None:
+    for day in (D1, D2, D3):
+        replace_candles(engine, SBER, "1m", day, day + DAY, candles_frame(day))
+    before = _row_versions(engine) if engine.dialect.name == "postgresql" else {}
+    first, third = candles_frame(D1), candles_frame(D3)
+    new = pl.concat([first.with_columns(pl.col("volume") + (pl.int_range(30) == 0)), third.head(29)])
+    assert replace_candles_many(engine, SBER, "1m", [(D1, D2), (D3, D3 + DAY)], new) == 59
+    assert_frame_equal(
+        read_candles(engine, SBER, "1m", D1, D3 + DAY),
+        pl.concat([new.head(30), candles_frame(D2), new.tail(29)]),
+    )
+    if before:
+        after = _row_versions(engine)
+        assert {begin for begin in after if after[begin] != before[begin]} == {first["begin"][0]}
+        assert third["begin"][29] not in after
+
+
+def test_a_zero_of_the_other_sign_is_written(pg_dsn: str) -> None:
+    # 0.0 = -0.0 in SQL, but the stored value must be the frame's, bit for bit (SQLite keeps no -0.0).
+    engine = create_warehouse_engine(pg_dsn)
+    try:
+        migrate(engine)
+        frame = candles_frame(D1, count=4).with_columns(pl.lit(0.0).alias("value"))
+        replace_candles(engine, SBER, "1m", D1, D2, frame)
+        negative = frame.with_columns(pl.lit(-0.0).alias("value"))
+        replace_candles(engine, SBER, "1m", D1, D2, negative)
+        values = read_candles(engine, SBER, "1m", D1, D2)["value"].to_list()
+        assert [math.copysign(1.0, value) for value in values] == [-1.0] * 4
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""PostgreSQL ``COPY ... FROM STDIN (FORMAT BINARY)`` streams for candle frames, built column-wise.
+"""PostgreSQL binary wire formats for candle frames, built column-wise: ``COPY ... FROM STDIN (FORMAT
+BINARY)`` streams and one-dimensional array parameters.
 
 Why not psycopg's ``Copy.set_types`` + ``write_row``: that costs a Python call and a tuple per row.
 In benchmarks/bench_warehouse_write.py (1M candles, 1,000-row partitions) ``write_row`` managed
@@ -11,6 +12,10 @@ Format (PostgreSQL docs, "COPY", binary format): signature, flags and extension 
 row an int16 field count and per field an int32 byte length and the value in network byte order;
 ``timestamp`` is an int64 of microseconds since 2000-01-01 and ``float8`` an IEEE-754 double. The
 stream ends with an int16 ``-1``.
+
+An array parameter in binary (``array_recv``): int32 dimensions (1), int32 has-nulls flag (0), the
+element type's OID, then per dimension int32 length and int32 lower bound (1); then every element
+as in a COPY row, an int32 byte length and the value.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import sys
 from collections.abc import Iterator, Sequence
 
 import polars as pl
+from psycopg.adapt import AdaptersMap, Buffer, Dumper
+from psycopg.postgres import types as pg_types
+from psycopg.pq import Format
 
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _TRAILER = struct.pack(">h", -1)
@@ -42,6 +50,20 @@ _FIXED_COLUMNS: tuple[tuple[pl.Expr, str], ...] = (
 )
 
 
+# The element type of each fixed column, by PostgreSQL type name.
+_ELEMENT_TYPES = ("timestamp", "timestamp", "float8", "float8", "float8", "float8", "float8", "int8")
+
+
+def _network_bytes(series: pl.Series, typecode: str) -> bytes:
+    """The 8-byte values of ``series`` in network byte order, one after the other."""
+    column = array.array(typecode, series.to_list())
+    if column.itemsize != _VALUE_SIZE:  # pragma: no cover - no such platform in use
+        raise RuntimeError(f"array typecode {typecode!r} is not 8 bytes here")
+    if sys.byteorder == "little":
+        column.byteswap()  # to network byte order
+    return column.tobytes()
+
+
 def _row_prefix(texts: Sequence[str]) -> bytes:
     """The start of every row: the field count, then each constant text with its length."""
     prefix = struct.pack(">h", len(texts) + len(_FIXED_COLUMNS))
@@ -57,12 +79,7 @@ def _rows(values: pl.DataFrame, prefix: bytes) -> bytearray:
     rows = bytearray((prefix + _FIELD * len(_FIXED_COLUMNS)) * values.height)
     offset = len(prefix) + 4  # the first value, after its length word
     for series, (_, typecode) in zip(values.get_columns(), _FIXED_COLUMNS, strict=True):
-        column = array.array(typecode, series.to_list())
-        if column.itemsize != _VALUE_SIZE:  # pragma: no cover - no such platform in use
-            raise RuntimeError(f"array typecode {typecode!r} is not 8 bytes here")
-        if sys.byteorder == "little":
-            column.byteswap()  # to network byte order
-        big_endian = column.tobytes()
+        big_endian = _network_bytes(series, typecode)
         for byte in range(_VALUE_SIZE):
             rows[offset + byte :: row_size] = big_endian[byte::_VALUE_SIZE]
         offset += len(_FIELD)
@@ -84,3 +101,63 @@ def binary_copy_chunks(
     for start in range(0, values.height, rows_per_chunk):
         yield _rows(values.slice(start, rows_per_chunk), prefix)
     yield _TRAILER
+
+
+class BinaryArray:
+    """A one-dimensional PostgreSQL array already in binary wire format, for a query parameter.
+
+    One subclass per element type, each with its own dumper: see :func:`register_binary_arrays`.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class _BinaryArrayDumper(Dumper):
+    """Passes a :class:`BinaryArray` through as it is, typed as the array type ``oid``."""
+
+    format = Format.BINARY
+
+    def dump(self, obj: BinaryArray) -> Buffer:
+        return obj.data
+
+
+def _array_type(type_name: str) -> tuple[type[BinaryArray], type[Dumper]]:
+    info = pg_types[type_name]
+    array_class = type(f"{type_name.capitalize()}Array", (BinaryArray,), {"__slots__": ()})
+    dumper = type(f"{type_name.capitalize()}ArrayDumper", (_BinaryArrayDumper,), {"oid": info.array_oid})
+    return array_class, dumper
+
+
+# Element type name -> (parameter class, its dumper), for the element types of the fixed columns.
+_ARRAY_TYPES = {name: _array_type(name) for name in sorted(set(_ELEMENT_TYPES))}
+
+
+def register_binary_arrays(adapters: AdaptersMap) -> None:
+    """Let the connection or cursor that owns ``adapters`` send :func:`binary_arrays` parameters."""
+    for array_class, dumper in _ARRAY_TYPES.values():
+        adapters.register_dumper(array_class, dumper)
+
+
+def binary_arrays(frame: pl.DataFrame) -> list[BinaryArray]:
+    """The columns ``begin, end, open, high, low, close, value, volume`` as binary array parameters.
+
+    ``frame`` has the candle schema with no nulls (as for :func:`binary_copy_chunks`). Built like the
+    COPY rows: one template element repeated, the big-endian bytes scattered in by slice assignment.
+    """
+    values = frame.select(expr.alias(str(number)) for number, (expr, _) in enumerate(_FIXED_COLUMNS))
+    arrays = []
+    element = _FIELD  # int32 length 8, then the value
+    for series, (_, typecode), type_name in zip(
+        values.get_columns(), _FIXED_COLUMNS, _ELEMENT_TYPES, strict=True
+    ):
+        header = struct.pack(">iiiii", 1, 0, pg_types[type_name].oid, series.len(), 1)
+        body = bytearray(element * series.len())
+        big_endian = _network_bytes(series, typecode)
+        for byte in range(_VALUE_SIZE):
+            body[4 + byte :: len(element)] = big_endian[byte::_VALUE_SIZE]
+        array_class, _ = _ARRAY_TYPES[type_name]
+        arrays.append(array_class(header + body))
+    return arrays
