@@ -239,6 +239,12 @@ def _job_for(asset_name: str, iss_max_concurrency: int) -> dg.JobDefinition:
     return job
 
 
+@functools.cache
+def _worker_instance() -> dg.DagsterInstance:
+    """A worker process's own instance, opened once for all the runs it executes (never the parent's)."""
+    return _instance()
+
+
 def _execute_run(
     asset_name: str, security: str, run: list[str], share: int, instance: dg.DagsterInstance | None = None
 ) -> bool:
@@ -249,7 +255,7 @@ def _execute_run(
         "dagster/asset_partition_range_end": str(multi_key(key, run[-1])),
     }
     result = _job_for(asset_name, share).execute_in_process(
-        instance=instance or _instance(),
+        instance=instance or _worker_instance(),
         tags=tags,
         asset_selection=[dg.AssetKey(asset_name)],
         raise_on_error=False,
