@@ -13,7 +13,7 @@ Layouts (``--layouts``), all keeping at most C ISS requests in flight in total:
 * ``sequential``: one ``candlestick load KEY`` process per security, one after another;
 * ``serial-runs``: one ``candlestick load -j 1 KEY1 KEY2 ...`` process, runs one after another;
 * ``one-process``: one ``candlestick load KEY1 KEY2 ...`` process: the user's command, whose runs go
-  in forked worker processes (up to C at once) that divide the ISS concurrency C between them;
+  in forked worker processes (up to C at once) that share one budget of C ISS requests in flight;
 * ``parallel``: ``--processes`` P processes at once (securities dealt round-robin), each with ISS
   concurrency C / P, so that one run's Dagster bookkeeping overlaps another's fetching.
 

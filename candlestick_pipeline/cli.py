@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from candlestick_pipeline import config
 from candlestick_pipeline.defs.candles.partitions import SECURITIES_PARTITIONS, date_keys_between, multi_key
+from candlestick_pipeline.defs.iss import gate as iss_gate
 from candlestick_pipeline.defs.iss.client import ISSClient
 from candlestick_pipeline.defs.iss.errors import ISSError
 from candlestick_pipeline.lib import warehouse
@@ -149,7 +150,7 @@ def _parse_date(value: str, name: str) -> dt.date:
     type=click.IntRange(min=1),
     default=None,
     help="Runs at once, in worker processes (default: one per security, up to ISS_MAX_CONCURRENCY); "
-    "they share ISS_MAX_CONCURRENCY.",
+    "they share ISS_MAX_CONCURRENCY requests in flight.",
 )
 def load(
     keys: tuple[str, ...],
@@ -166,8 +167,8 @@ def load(
     Records each run in the Dagster instance, like ``dagster asset materialize --partition-range``
     but skipping what is already final. A run covers one security; give all the securities of a
     backfill in one call: their runs go in parallel (forked worker processes, ``--parallel``), so
-    that one run's Dagster bookkeeping overlaps another's ISS requests, and they divide the ISS
-    concurrency (``ISS_MAX_CONCURRENCY``) between them, so ISS never sees more than one run would.
+    that one run's Dagster bookkeeping overlaps another's ISS requests, and they share one budget of
+    ``ISS_MAX_CONCURRENCY`` requests in flight, so ISS never sees more than one run would.
     """
     from candlestick_pipeline.defs.candles.status import contiguous_runs, partition_states
 
@@ -214,17 +215,22 @@ def _execute_runs(
         return 0
     concurrency = config.ISSSettings.from_env().max_concurrency
     workers = max(1, min(len(work), parallel or concurrency))
-    # The runs share the configured ISS concurrency, so ISS sees no more than one run alone would.
-    share = max(1, concurrency // workers)
-    items = [(asset_name, str(security), run, share) for security, run in work]
     if workers == 1:
-        outcomes = [_execute_run(*item, instance=instance) for item in items]
+        outcomes = [_execute_run(asset_name, str(key), run, concurrency, instance) for key, run in work]
         return sum(not ok for ok in outcomes)
-    # Worker processes, not threads: Dagster's SQLite storage deadlocks between threads of one
-    # process. Forked, they start without importing anything again (about 3 s a process).
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
-    with pool:
-        return sum(not ok for ok in pool.map(_execute_run, *zip(*items, strict=True)))
+    # The workers share one budget of ISS_MAX_CONCURRENCY requests in flight (defs/iss/gate.py), so
+    # ISS sees no more than one run alone would, and no slot idles while its worker does Dagster
+    # bookkeeping or has run out of pages. Worker processes, not threads: Dagster's SQLite storage
+    # deadlocks between threads of one process. Forked, they start without importing anything again
+    # (about 3 s a process) and inherit the shared budget.
+    iss_gate.share_between_processes(concurrency)
+    try:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+        with pool:
+            args = [(asset_name, str(security), run, concurrency) for security, run in work]
+            return sum(not ok for ok in pool.map(_execute_run, *zip(*args, strict=True)))
+    finally:
+        iss_gate.stop_sharing()
 
 
 @functools.cache
@@ -246,7 +252,11 @@ def _worker_instance() -> dg.DagsterInstance:
 
 
 def _execute_run(
-    asset_name: str, security: str, run: list[str], share: int, instance: dg.DagsterInstance | None = None
+    asset_name: str,
+    security: str,
+    run: list[str],
+    iss_max_concurrency: int,
+    instance: dg.DagsterInstance | None = None,
 ) -> bool:
     """One run of ``asset_name`` over ``run`` (date keys) of ``security``; whether it succeeded."""
     key = SecurityKey.parse(security)
@@ -254,7 +264,7 @@ def _execute_run(
         "dagster/asset_partition_range_start": str(multi_key(key, run[0])),
         "dagster/asset_partition_range_end": str(multi_key(key, run[-1])),
     }
-    result = _job_for(asset_name, share).execute_in_process(
+    result = _job_for(asset_name, iss_max_concurrency).execute_in_process(
         instance=instance or _worker_instance(),
         tags=tags,
         asset_selection=[dg.AssetKey(asset_name)],

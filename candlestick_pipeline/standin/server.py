@@ -41,7 +41,7 @@ import struct
 import sys
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -177,16 +177,28 @@ class StandInStats:
                 self.candle_requests_log.append(candle_params)
 
     @contextlib.contextmanager
-    def serving(self) -> Iterator[None]:
-        """Count an ISS request as in flight (latency included) while it is being answered."""
+    def serving(self) -> Iterator[Callable[[], None]]:
+        """Count an ISS request as in flight (latency included) while it is being answered.
+
+        Yields ``done``, called just before the body is written: from then on the client may have
+        its answer and send its next request, which must not find this one still counted.
+        """
+        counted = True
+
+        def done() -> None:
+            nonlocal counted
+            with self._lock:
+                if counted:
+                    self.in_flight -= 1
+                    counted = False
+
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            yield
+            yield done
         finally:
-            with self._lock:
-                self.in_flight -= 1
+            done()
 
     def record_fault(self, kind: str) -> None:
         with self._lock:
@@ -520,6 +532,10 @@ class _HTTPServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+def _nothing() -> None:
+    pass
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
@@ -588,6 +604,7 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in headers:
             self.send_header(name, value)
         self.end_headers()
+        self._served()
         self.wfile.write(body)
 
     def _send_json(self, status: int, document: Any) -> None:
@@ -610,6 +627,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         owner = self.server.owner
+        self._served: Callable[[], None] = _nothing  # replaced while an ISS request is counted
         body = self._read_body() if method == "POST" else b""
         url = urlsplit(self.path)
         route = _route(url.path)
@@ -622,7 +640,7 @@ class _Handler(BaseHTTPRequestHandler):
             if method != "GET":
                 self._send_html(404)
                 return
-            with owner.stats.serving():
+            with owner.stats.serving() as self._served:
                 fault = owner._draw_fault(route, url.path)
                 owner._sleep_latency(route, url.path)
                 if fault is not None and self._inject(fault, route, params):

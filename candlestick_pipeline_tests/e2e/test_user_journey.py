@@ -130,8 +130,8 @@ def test_several_securities_load_in_parallel_runs_that_share_the_iss_concurrency
     project.standin.reset_stats()
     dates = ("--from", "2025-05-19", "--till", "2025-06-08")
     out = project.run("candlestick", "load", *keys, "-t", "1m", *dates)
-    # One run per security, in three worker processes with one ISS request in flight each: they
-    # ran at the same time, and ISS never saw more than ISS_MAX_CONCURRENCY requests at once.
+    # One run per security, in three worker processes sharing ISS_MAX_CONCURRENCY slots: they ran at
+    # the same time, and ISS never saw more than ISS_MAX_CONCURRENCY requests at once.
     assert out.stdout.count(": ok, run ") == 3
     assert 2 <= project.standin.stats.snapshot()["max_in_flight"] <= 3
     for key in keys:

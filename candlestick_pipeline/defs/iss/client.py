@@ -4,7 +4,8 @@ It is a plain class so that the CLI can use it as well as Dagster (see ``resourc
 
 Politeness: one pooled ``httpx.Client`` (at most ``max_concurrency`` connections) and a semaphore
 around every request, so all threads together never have more than ``max_concurrency`` requests in
-flight. ISS has no documented quota, and IP bans have been reported for aggressive clients.
+flight. ISS has no documented quota, and IP bans have been reported for aggressive clients. The
+forked workers of one ``candlestick load`` also share one budget of requests in flight (``gate.py``).
 
 Retries (exponential backoff with full jitter, ``Retry-After`` honoured) cover what ISS and the
 networks in front of it are known or expected to do: HTTP 429 and 5xx, time-outs, connection
@@ -39,6 +40,7 @@ from candlestick_pipeline.defs.iss.errors import (
     ISSUnavailableError,
     UnknownSecurityError,
 )
+from candlestick_pipeline.defs.iss.gate import request_slot
 from candlestick_pipeline.defs.iss.parse import (
     find_error,
     parse_borders,
@@ -321,7 +323,7 @@ class ISSClient:
         clock is set to another day is treated consistently.
         """
         try:
-            with self._semaphore:
+            with self._semaphore, request_slot():
                 response = self._http.get(f"{self._base_url}/iss/engines.json", params={"iss.meta": "off"})
         except httpx.HTTPError:
             return None
@@ -412,7 +414,7 @@ class ISSClient:
             tally.requests += 1
             self._counters.add(requests=1)
             try:
-                with self._semaphore:
+                with self._semaphore, request_slot():
                     response = self._http.get(url, params=params)
                 payload = _decode(response)
                 tally.server_time = _server_time(response) or tally.server_time

@@ -1,0 +1,65 @@
+"""The ISS request budget shared by forked worker processes (``candlestick load``'s workers)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from candlestick_pipeline.defs.iss import gate
+from candlestick_pipeline.standin.server import ISSStandIn
+
+NOW = dt.datetime(2025, 6, 10, 12, 0)
+
+
+def _fetch_in_workers(standin: ISSStandIn, workers: int, *budget: int) -> list[int]:
+    args = [standin.base_url, str(workers), *map(str, budget)]
+    out = subprocess.run(
+        [sys.executable, "-m", "candlestick_pipeline_tests.iss.gate_workers", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    rows: list[int] = json.loads(out.stdout)
+    return rows
+
+
+@pytest.fixture
+def slow_standin(standin: ISSStandIn) -> ISSStandIn:
+    standin.set_now(NOW)
+    standin.set_faults(latency_ms=40)  # so that requests of different workers overlap in time
+    return standin
+
+
+def test_forked_workers_never_exceed_the_shared_budget(slow_standin: ISSStandIn) -> None:
+    rows = _fetch_in_workers(slow_standin, 3, 2)
+
+    # Three workers whose clients allow 4 requests each: 12 could be in flight, the budget allows 2.
+    assert slow_standin.stats.snapshot()["max_in_flight"] == 2
+    assert len(set(rows)) == 1 and rows[0] > 2500
+
+
+def test_without_a_shared_budget_each_worker_has_its_own_limit(slow_standin: ISSStandIn) -> None:
+    _fetch_in_workers(slow_standin, 3)
+
+    assert slow_standin.stats.snapshot()["max_in_flight"] > 2
+
+
+@pytest.fixture
+def no_shared_budget() -> Iterator[None]:
+    gate.stop_sharing()
+    yield
+    gate.stop_sharing()
+
+
+def test_a_budget_needs_a_slot(no_shared_budget: None) -> None:
+    with pytest.raises(ValueError, match="at least 1 slot"):
+        gate.share_between_processes(0)
+    assert not gate.shared_limit_active()
+    with gate.request_slot():  # no budget: nothing to take
+        pass
