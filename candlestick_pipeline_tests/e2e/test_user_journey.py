@@ -46,12 +46,15 @@ def _requested_dates(project: Project) -> set[str]:
     return requested
 
 
-@pytest.mark.parametrize("project_fixture", ["sqlite_project", "postgres_project"])
-def test_add_securities_backfill_and_reload_only_what_is_missing(
-    request: pytest.FixtureRequest, project_fixture: str
-) -> None:
-    project: Project = request.getfixturevalue(project_fixture)
-    project.standin.set_now(NOW)
+@pytest.fixture(params=["sqlite_project", "postgres_project"])
+def project(request: pytest.FixtureRequest) -> Project:
+    """A project on SQLite or on PostgreSQL, its stand-in's clock at NOW."""
+    chosen: Project = request.getfixturevalue(request.param)
+    chosen.standin.set_now(NOW)
+    return chosen
+
+
+def test_add_securities_backfill_and_reload_only_what_is_missing(project: Project) -> None:
 
     unknown = project.run("candlestick", "create-security", "NOSUCH", check=False)
     assert unknown.returncode == 2 and "ISS has no security 'NOSUCH'" in unknown.stderr
@@ -116,12 +119,7 @@ def test_bad_partition_keys_on_the_dagster_cli_write_nothing(sqlite_project: Pro
         engine.dispose()
 
 
-@pytest.mark.parametrize("project_fixture", ["sqlite_project", "postgres_project"])
-def test_several_securities_load_in_parallel_runs_that_share_the_iss_concurrency(
-    request: pytest.FixtureRequest, project_fixture: str
-) -> None:
-    project: Project = request.getfixturevalue(project_fixture)
-    project.standin.set_now(NOW)
+def test_several_securities_load_in_parallel_runs_that_share_the_iss_concurrency(project: Project) -> None:
     keys = ("SBER.TQBR", "GAZP.TQBR", "SBER.SMAL")
     for key in keys:
         project.run("candlestick", "create-security", *key.split("."))
