@@ -223,9 +223,6 @@ def _execute_runs(
     # bookkeeping or has run out of pages. Worker processes, not threads: Dagster's SQLite storage
     # deadlocks between threads of one process. Forked, they start without importing anything again
     # (about 3 s a process) and inherit the shared budget.
-    # What the first run to use the pool "iss" does, done once here: on PostgreSQL storage two runs
-    # that start together on a fresh instance race on it and one fails (Dagster 1.13, docs/benchmarks.md).
-    instance.event_log_storage.initialize_concurrency_limit_to_default(_ISS_POOL)
     iss_gate.share_between_processes(concurrency)
     try:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
@@ -234,9 +231,6 @@ def _execute_runs(
             return sum(not ok for ok in pool.map(_execute_run, *zip(*args, strict=True)))
     finally:
         iss_gate.stop_sharing()
-
-
-_ISS_POOL = "iss"  # the pool of every ISS-bound asset (defs/candles/assets.py, defs/securities)
 
 
 @functools.cache
