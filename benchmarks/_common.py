@@ -200,6 +200,7 @@ def register_securities(base_url: str, keys: Sequence[str]) -> None:
     from candlestick_pipeline import config
     from candlestick_pipeline.defs.candles.partitions import SECURITIES_PARTITIONS
     from candlestick_pipeline.defs.iss.client import ISSClient
+    from candlestick_pipeline.defs.iss.resource import ensure_iss_pool
     from candlestick_pipeline.lib import warehouse
     from candlestick_pipeline.lib.securities import SecurityKey
 
@@ -214,10 +215,7 @@ def register_securities(base_url: str, keys: Sequence[str]) -> None:
         engine.dispose()
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(SECURITIES_PARTITIONS, list(keys))
-        # What the first run using the pool "iss" does. Done here, once: on PostgreSQL storage two
-        # runs that start at the same moment on a fresh instance race on it, and one fails with a
-        # UniqueViolation on concurrency_limits (Dagster 1.13.27).
-        instance.event_log_storage.initialize_concurrency_limit_to_default("iss")
+        ensure_iss_pool(instance)  # as `candlestick load` does; the layouts that launch runs need it too
 
 
 def timed(command: Sequence[str], env: dict[str, str], log: Path | None = None) -> tuple[float, int]:

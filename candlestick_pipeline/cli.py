@@ -23,6 +23,7 @@ from candlestick_pipeline.defs.candles.partitions import SECURITIES_PARTITIONS, 
 from candlestick_pipeline.defs.iss import gate as iss_gate
 from candlestick_pipeline.defs.iss.client import ISSClient
 from candlestick_pipeline.defs.iss.errors import ISSError
+from candlestick_pipeline.defs.iss.resource import ensure_iss_pool
 from candlestick_pipeline.lib import warehouse
 from candlestick_pipeline.lib.securities import InvalidSecurityKeyError, SecurityKey
 from candlestick_pipeline.lib.timeframes import TIMEFRAMES, UnknownTimeframeError, get_timeframe
@@ -86,6 +87,8 @@ def create_security(secid: str, board: str | None) -> None:
         key = info.key.partition_key
         if not instance.has_dynamic_partition(SECURITIES_PARTITIONS, key):
             instance.add_dynamic_partitions(SECURITIES_PARTITIONS, [key])
+        # The sensors then request this security's first runs all at once.
+        ensure_iss_pool(instance)
     primary = "primary board" if info.is_primary else "not its primary board"
     click.echo(
         f"added {key}: {info.shortname or info.name or info.secid} "
@@ -223,6 +226,7 @@ def _execute_runs(
     # bookkeeping or has run out of pages. Worker processes, not threads: Dagster's SQLite storage
     # deadlocks between threads of one process. Forked, they start without importing anything again
     # (about 3 s a process) and inherit the shared budget.
+    ensure_iss_pool(instance)  # before the runs start together (Dagster 1.13 races on it)
     iss_gate.share_between_processes(concurrency)
     try:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))

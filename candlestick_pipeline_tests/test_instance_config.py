@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from candlestick_pipeline.defs.iss.resource import ISS_POOL, ensure_iss_pool
 from candlestick_pipeline_tests.conftest import REPO_ROOT
 
 
@@ -25,3 +26,29 @@ def test_postgres_instance_loads(pg_database: str, pg_dsn: str, monkeypatch: pyt
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         instance.add_dynamic_partitions("securities", ["SBER.TQBR"])
         assert instance.get_dynamic_partitions("securities") == ["SBER.TQBR"]
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+def test_iss_pool_gets_its_default_limit_once_and_again_without_error(
+    storage: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if storage == "sqlite":
+        shutil.copy(REPO_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+        home = tmp_path
+    else:
+        monkeypatch.setenv(
+            "DAGSTER_PG_URL", request.getfixturevalue("pg_dsn").replace("+psycopg:", "+psycopg2:")
+        )
+        home = REPO_ROOT / "deploy" / "postgres"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        storage_ = instance.event_log_storage
+        assert ISS_POOL not in storage_.get_concurrency_keys()
+        ensure_iss_pool(instance)
+        assert storage_.get_concurrency_info(ISS_POOL).slot_count == 4  # dagster.yaml's default_limit
+        # A second `candlestick load` on the same instance: Dagster's own call raises here on PostgreSQL.
+        ensure_iss_pool(instance)
+        assert storage_.get_concurrency_info(ISS_POOL).slot_count == 4
+        # A limit someone set by hand is theirs: it is not reset to the default.
+        storage_.set_concurrency_slots(ISS_POOL, 2)
+        ensure_iss_pool(instance)
+        assert storage_.get_concurrency_info(ISS_POOL).slot_count == 2

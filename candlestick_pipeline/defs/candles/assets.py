@@ -19,7 +19,7 @@ from candlestick_pipeline.defs.candles.partitions import (
     parse_candle_partition,
     partitions_for,
 )
-from candlestick_pipeline.defs.iss.resource import ISSResource
+from candlestick_pipeline.defs.iss.resource import ISS_POOL, ISSResource
 from candlestick_pipeline.defs.securities.assets import securities
 from candlestick_pipeline.defs.warehouse.resource import WarehouseResource
 from candlestick_pipeline.lib.securities import InvalidSecurityKeyError, SecurityInfo
@@ -112,7 +112,7 @@ def build_candles_asset(timeframe: Timeframe) -> dg.AssetsDefinition:
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[securities],
         group_name="candles",
-        pool="iss",
+        pool=ISS_POOL,
         retry_policy=_retry_policy(),
         kinds={"sql"},
         tags={"timeframe": timeframe.name},

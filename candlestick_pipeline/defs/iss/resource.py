@@ -10,6 +10,29 @@ from pydantic import Field, PrivateAttr
 from candlestick_pipeline.config import DEFAULT_ISS_BASE_URL, ISSSettings
 from candlestick_pipeline.defs.iss.client import ISSClient
 
+ISS_POOL = "iss"
+"""The Dagster pool of every step that calls ISS; its limit (``concurrency.pools`` in dagster.yaml)
+is how many such steps run at once across all runs."""
+
+
+def ensure_iss_pool(instance: dg.DagsterInstance) -> None:
+    """Give the ``iss`` pool its default limit now, if it has none yet and the instance sets one.
+
+    Dagster does this when the first step of the pool starts. On PostgreSQL storage, Dagster 1.13
+    does it racily: two runs that start at the same moment on a fresh instance both insert the
+    limit, and one of them fails (UniqueViolation, then InFailedSqlTransaction). Whoever starts
+    several runs at once calls this first. Dagster's own call is not idempotent on PostgreSQL
+    (its IntegrityError fallback runs in an aborted transaction), hence the check.
+    """
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return
+    if instance.global_op_concurrency_default_limit is None:
+        return
+    if ISS_POOL in storage.get_concurrency_keys():
+        return
+    storage.initialize_concurrency_limit_to_default(ISS_POOL)
+
 
 class ISSResource(dg.ConfigurableResource):
     """MOEX ISS (iss.moex.com) or a stand-in: where to fetch candles and reference data, and how politely.

@@ -4,12 +4,12 @@ import dagster as dg
 
 from candlestick_pipeline.defs.candles.partitions import SECURITIES_PARTITIONS
 from candlestick_pipeline.defs.iss.errors import ISSError
-from candlestick_pipeline.defs.iss.resource import ISSResource
+from candlestick_pipeline.defs.iss.resource import ISS_POOL, ISSResource
 from candlestick_pipeline.defs.warehouse.resource import WarehouseResource
 from candlestick_pipeline.lib.securities import InvalidSecurityKeyError, SecurityKey
 
 
-@dg.asset(group_name="reference", kinds={"sql"}, pool="iss")
+@dg.asset(group_name="reference", kinds={"sql"}, pool=ISS_POOL)
 def securities(
     context: dg.AssetExecutionContext, iss: ISSResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
