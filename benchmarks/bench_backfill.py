@@ -59,6 +59,7 @@ from _common import (
     ExternalISS,
     ProjectHome,
     StandInProcess,
+    bytecode_state,
     project_home,
     register_securities,
     timed,
@@ -425,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = [workloads[name] for name in args.workloads]
     print(
         f"stand-in latency {args.latency_ms:g} ms, clock {args.now}; Dagster storage {args.storage}, "
-        f"warehouse {args.warehouse}; runner: candlestick load (subprocesses)",
+        f"warehouse {args.warehouse}; runner: candlestick load (subprocesses); {bytecode_state()}",
         flush=True,
     )
     standin: ISS = ExternalISS(args.iss_url) if args.iss_url else StandInProcess(args.now)
