@@ -686,6 +686,8 @@ def test_odd_prices_leave_the_fast_path(value: Any) -> None:
         (6, "2026-1-30 07:00:00"),
         (6, "2026-01-30T07:00:00"),
         (7, "2026-01-30 07:09:59+03"),
+        (6, "2026-02-30 07:00:00"),  # the right shape, no such day
+        (6, "2026-01-30 07:00:00\n2026-01-30 07:01:00"),  # two timestamps in one value
     ],
 )
 def test_odd_volumes_and_timestamps_leave_the_fast_path(position: int, value: Any) -> None:
