@@ -216,16 +216,42 @@ def _execute_runs(
     """Execute one run per (security, partition range), ``parallel`` at once; the number that failed."""
     if not work:
         return 0
+    with _event_batches():
+        return _execute_work(instance, asset_name, work, parallel)
+
+
+@contextmanager
+def _event_batches() -> Iterator[None]:
+    """Runs write their ~2 events per partition in batches, not one at a time, unless the user set
+    ``DAGSTER_EVENT_BATCH_SIZE`` (Dagster's switch; PostgreSQL storage implements the batches,
+    SQLite storage still writes one by one)."""
+    if _EVENT_BATCH_VARIABLE in os.environ:
+        yield
+        return
+    os.environ[_EVENT_BATCH_VARIABLE] = _EVENT_BATCH_SIZE
+    try:
+        yield
+    finally:
+        del os.environ[_EVENT_BATCH_VARIABLE]
+
+
+def _execute_work(
+    instance: dg.DagsterInstance,
+    asset_name: str,
+    work: list[tuple[SecurityKey, list[str]]],
+    parallel: int | None,
+) -> int:
     concurrency = config.ISSSettings.from_env().max_concurrency
     workers = max(1, min(len(work), parallel or concurrency))
     if workers == 1:
+        _hold_connections(instance)
         outcomes = [_execute_run(asset_name, str(key), run, concurrency, instance) for key, run in work]
         return sum(not ok for ok in outcomes)
     # The workers share one budget of ISS_MAX_CONCURRENCY requests in flight (defs/iss/gate.py), so
     # ISS sees no more than one run alone would, and no slot idles while its worker does Dagster
     # bookkeeping or has run out of pages. Worker processes, not threads: Dagster's SQLite storage
     # deadlocks between threads of one process. Forked, they start without importing anything again
-    # (about 3 s a process) and inherit the shared budget.
+    # (about 1.5 s a process) and inherit the shared budget.
     ensure_iss_pool(instance)  # before the runs start together (Dagster 1.13 races on it)
     iss_gate.share_between_processes(concurrency)
     try:
@@ -249,10 +275,26 @@ def _job_for(asset_name: str, iss_max_concurrency: int) -> dg.JobDefinition:
     return job
 
 
+_EVENT_BATCH_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
+_EVENT_BATCH_SIZE = "1000"
+
+
 @functools.cache
 def _worker_instance() -> dg.DagsterInstance:
     """A worker process's own instance, opened once for all the runs it executes (never the parent's)."""
-    return _instance()
+    return _hold_connections(_instance())
+
+
+def _hold_connections(instance: dg.DagsterInstance) -> dg.DagsterInstance:
+    """Keep one database connection per storage open for the runs this process executes.
+
+    Outside the webserver, Dagster's PostgreSQL storage opens a new connection for every storage
+    call, hundreds per run (``NullPool``); a process that executes runs one after another does what
+    the webserver does instead. No statement timeout. A no-op on SQLite storage. Not for an instance
+    that is used again after a fork: parent and child would share the open connections.
+    """
+    instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=10)
+    return instance
 
 
 def _execute_run(

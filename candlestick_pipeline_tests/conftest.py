@@ -7,6 +7,7 @@ PostgreSQL is mandatory: a test that asks for ``pg_dsn`` fails (never skips) whe
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,6 +67,18 @@ def pg_database(make_pg_database: Callable[[], str]) -> str:
 def pg_url(dbname: str, driver: str = "psycopg") -> str:
     """SQLAlchemy URL of a test database (``psycopg2`` for Dagster's own storage)."""
     return _pg_url(dbname).replace("+psycopg:", f"+{driver}:")
+
+
+def pg_sessions_opened(dbname: str) -> int:
+    """How many sessions have connected to ``dbname`` since it was created (PostgreSQL's statistics).
+
+    Backends report when they exit, a moment after the client has gone: this waits for that.
+    """
+    time.sleep(1.0)
+    with _admin_connect() as conn:
+        row = conn.execute("select sessions from pg_stat_database where datname = %s", (dbname,)).fetchone()
+    assert row is not None, f"no statistics for database {dbname}"
+    return int(row[0])
 
 
 @pytest.fixture
