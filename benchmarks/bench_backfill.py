@@ -1,8 +1,9 @@
 """B1 + B2: a backfill through Dagster against the ISS stand-in, beside the old service's way.
 
 B1 runs the real thing: ``candlestick load`` processes (each run recorded in a throw-away Dagster
-instance that uses the repo's ``dagster.yaml``, or ``deploy/postgres/dagster.yaml`` with
-``--storage postgres``) against the stand-in with ``--latency-ms`` per request, at ISS concurrency
+instance that uses the repo's ``dagster.yaml`` (SQLite storage, the embedded default) and again
+one that uses ``deploy/postgres/dagster.yaml`` (PostgreSQL storage, production's); ``--storage``
+picks one) against the stand-in with ``--latency-ms`` per request, at ISS concurrency
 C (``ISS_MAX_CONCURRENCY``) for each C in ``--concurrency``. Two workloads:
 
 * ``1m``: ``--securities`` securities x ``--days`` days of 1-minute candles (daily partitions);
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import os
 import resource
 import subprocess
@@ -377,7 +379,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--startup", action="store_true", help="also measure per-run start-up")
     parser.add_argument("--workloads", nargs="+", default=["1m", "1h"], choices=["1m", "1h"])
     parser.add_argument("--latency-ms", type=float, default=50.0, help="stand-in latency per ISS request")
-    parser.add_argument("--storage", default="sqlite", choices=["sqlite", "postgres"], help="Dagster storage")
+    parser.add_argument(
+        "--storage",
+        nargs="+",
+        default=["sqlite", "postgres"],
+        choices=["sqlite", "postgres"],
+        help="Dagster storage: the embedded default (SQLite) and production's (PostgreSQL)",
+    )
     parser.add_argument("--warehouse", default="sqlite", choices=["sqlite", "postgres"])
     parser.add_argument("--no-baseline", action="store_true", help="skip B2")
     parser.add_argument("--now", default=DEFAULT_NOW, help="the stand-in's clock (Moscow)")
@@ -425,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     chosen = [workloads[name] for name in args.workloads]
     print(
-        f"stand-in latency {args.latency_ms:g} ms, clock {args.now}; Dagster storage {args.storage}, "
+        f"stand-in latency {args.latency_ms:g} ms, clock {args.now}; "
+        f"Dagster storage {' and '.join(args.storage)}, "
         f"warehouse {args.warehouse}; runner: candlestick load (subprocesses); {bytecode_state()}",
         flush=True,
     )
@@ -437,29 +446,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmed = time.perf_counter() - started
             print(f"every window fetched once in {warmed:.1f}s (not timed)", flush=True)
         if args.startup and isinstance(standin, StandInProcess):
-            print(f"\n== per-run start-up (Dagster storage {args.storage})", flush=True)
-            per_run_startup(standin, catalog, args.storage, args.warehouse, args.pg_admin_dsn)
+            for storage in args.storage:
+                print(f"\n== per-run start-up (Dagster storage {storage})", flush=True)
+                per_run_startup(standin, catalog, storage, args.warehouse, args.pg_admin_dsn)
         for work in chosen:
             print(f"\n== {work.name}: {', '.join(work.keys)} {work.first} .. {work.last}", flush=True)
             b1: list[Result] = []
-            for concurrency in args.concurrency:
-                for layout in args.layouts:
-                    result = run_b1(
-                        standin,
-                        work,
-                        concurrency,
-                        layout,
-                        args.latency_ms,
-                        args.storage,
-                        args.warehouse,
-                        args.pg_admin_dsn,
-                        args.log,
-                        dict(item.split("=", 1) for item in args.env),
-                        args.processes,
-                    )
-                    b1.append(result)
-                    print(result.line(), flush=True)
-                    print(result.breakdown, flush=True)
+            for storage, concurrency, layout in itertools.product(
+                args.storage, args.concurrency, args.layouts
+            ):
+                result = run_b1(
+                    standin,
+                    work,
+                    concurrency,
+                    layout,
+                    args.latency_ms,
+                    storage,
+                    args.warehouse,
+                    args.pg_admin_dsn,
+                    args.log,
+                    dict(item.split("=", 1) for item in args.env),
+                    args.processes,
+                )
+                b1.append(result)
+                print(result.line(), flush=True)
+                print(result.breakdown, flush=True)
             if not args.no_baseline:
                 b2 = run_b2(standin, work, args.latency_ms, args.warehouse, args.pg_admin_dsn)
                 print(b2.line().replace(" ratio=", " (sequential) ratio="), flush=True)

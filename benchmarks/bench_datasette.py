@@ -357,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
         total = conn.execute("SELECT sum(candles) FROM series").fetchone()[0]
     print(
-        f"\nB4 Datasette over {total:,} candles ({len(secids)} securities), {args.requests} requests of each kind, interleaved:"
+        f"\nB4 Datasette over {total:,} candles ({len(secids)} securities), "
+        f"{args.requests} requests of each kind, interleaved:"
     )
     for line in results:
         print("  " + line)
