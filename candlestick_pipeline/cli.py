@@ -244,7 +244,6 @@ def _execute_work(
     concurrency = config.ISSSettings.from_env().max_concurrency
     workers = max(1, min(len(work), parallel or concurrency))
     if workers == 1:
-        _hold_connections(instance)
         outcomes = [_execute_run(asset_name, str(key), run, concurrency, instance) for key, run in work]
         return sum(not ok for ok in outcomes)
     # The workers share one budget of ISS_MAX_CONCURRENCY requests in flight (defs/iss/gate.py), so
@@ -282,19 +281,7 @@ _EVENT_BATCH_SIZE = "1000"
 @functools.cache
 def _worker_instance() -> dg.DagsterInstance:
     """A worker process's own instance, opened once for all the runs it executes (never the parent's)."""
-    return _hold_connections(_instance())
-
-
-def _hold_connections(instance: dg.DagsterInstance) -> dg.DagsterInstance:
-    """Keep one database connection per storage open for the runs this process executes.
-
-    Outside the webserver, Dagster's PostgreSQL storage opens a new connection for every storage
-    call, hundreds per run (``NullPool``); a process that executes runs one after another does what
-    the webserver does instead. No statement timeout. A no-op on SQLite storage. Not for an instance
-    that is used again after a fork: parent and child would share the open connections.
-    """
-    instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=10)
-    return instance
+    return _instance()
 
 
 def _execute_run(

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from candlestick_pipeline.defs.iss.resource import ISS_POOL, ensure_iss_pool
-from candlestick_pipeline_tests.conftest import REPO_ROOT
+from candlestick_pipeline_tests.conftest import REPO_ROOT, pg_sessions_opened
 
 
 def test_embedded_default_instance_loads(tmp_path: Path) -> None:
@@ -26,6 +26,21 @@ def test_postgres_instance_loads(pg_database: str, pg_dsn: str, monkeypatch: pyt
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         instance.add_dynamic_partitions("securities", ["SBER.TQBR"])
         assert instance.get_dynamic_partitions("securities") == ["SBER.TQBR"]
+
+
+def test_postgres_instance_holds_its_connections(
+    pg_database: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dagster-postgres alone opens a connection per storage call; deploy/postgres keeps one per storage."""
+    monkeypatch.setenv("DAGSTER_PG_URL", pg_dsn.replace("+psycopg:", "+psycopg2:"))
+    with dg.DagsterInstance.from_config(str(REPO_ROOT / "deploy" / "postgres")) as instance:
+        before = pg_sessions_opened(pg_database)
+        for number in range(30):
+            instance.add_dynamic_partitions("securities", [f"S{number}.TQBR"])  # run storage
+            instance.get_latest_materialization_event(dg.AssetKey("candles_1m"))  # event log storage
+            instance.all_instigator_state()  # schedule storage
+        assert len(instance.get_dynamic_partitions("securities")) == 30
+        assert pg_sessions_opened(pg_database) - before <= 3  # 303 with storage: postgres
 
 
 @pytest.mark.parametrize("storage", ["sqlite", "postgresql"])

@@ -133,7 +133,7 @@ def test_several_securities_load_in_parallel_runs_that_share_the_iss_concurrency
     out = project.run("candlestick", "load", *keys, "-t", "1m", *dates)
     if dagster_db:
         # Each process holds its connections to Dagster's storage for all its runs: 769 sessions for
-        # these 3 runs of 21 partitions when Dagster opened one per storage call, 53 now.
+        # these 3 runs of 21 partitions when Dagster opened one per storage call, 37 now.
         assert pg_sessions_opened(dagster_db) - sessions_before < 100
     # One run per security, in three worker processes sharing ISS_MAX_CONCURRENCY slots: they ran at
     # the same time, and ISS never saw more than ISS_MAX_CONCURRENCY requests at once.
