@@ -9,8 +9,9 @@ server, each run worker, the ``candlestick`` CLI. Each storage then keeps one co
 while several threads use it at once); the same run opened 60 sessions and took 3.4-3.7 s instead of
 4.6-5.8 s (docs/benchmarks.md, session 4).
 
-Never fork a process that has used such an instance and use the instance in both: parent and child
-would share its connections. ``candlestick load`` forks before its workers open their own.
+A process that forks must not use such an instance on both sides of the fork: parent and child
+would share its connections. The forked workers of ``candlestick load`` open their own instance and
+never touch the parent's.
 """
 
 from dagster._core.storage.config import PostgresStorageConfig
