@@ -316,6 +316,8 @@ def dev(ctx: click.Context) -> None:
         home = config.dagster_home()
         workspace = config.workspace_file()
     os.environ["DAGSTER_HOME"] = str(home)
+    # The daemon's runs write their events in batches, as `candlestick load`'s do (PostgreSQL storage).
+    os.environ.setdefault(_EVENT_BATCH_VARIABLE, _EVENT_BATCH_SIZE)
     args = ["dagster", "dev", "-w", str(workspace), *ctx.args]
     click.echo(f"DAGSTER_HOME={home}; warehouse {warehouse.redact_dsn(config.warehouse_dsn())}", err=True)
     os.execvp(args[0], args)
