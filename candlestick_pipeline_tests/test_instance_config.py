@@ -43,11 +43,11 @@ def test_postgres_instance_holds_its_connections(
         assert pg_sessions_opened(pg_database) - before <= 3  # 303 with storage: postgres
 
 
-@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_iss_pool_gets_its_default_limit_once_and_again_without_error(
-    storage: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if storage == "sqlite":
+    if backend == "sqlite":
         shutil.copy(REPO_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
         home = tmp_path
     else:
@@ -56,14 +56,14 @@ def test_iss_pool_gets_its_default_limit_once_and_again_without_error(
         )
         home = REPO_ROOT / "deploy" / "postgres"
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        storage_ = instance.event_log_storage
-        assert ISS_POOL not in storage_.get_concurrency_keys()
+        storage = instance.event_log_storage
+        assert ISS_POOL not in storage.get_concurrency_keys()
         ensure_iss_pool(instance)
-        assert storage_.get_concurrency_info(ISS_POOL).slot_count == 4  # dagster.yaml's default_limit
+        assert storage.get_concurrency_info(ISS_POOL).slot_count == 4  # dagster.yaml's default_limit
         # A second `candlestick load` on the same instance: Dagster's own call raises here on PostgreSQL.
         ensure_iss_pool(instance)
-        assert storage_.get_concurrency_info(ISS_POOL).slot_count == 4
+        assert storage.get_concurrency_info(ISS_POOL).slot_count == 4
         # A limit someone set by hand is theirs: it is not reset to the default.
-        storage_.set_concurrency_slots(ISS_POOL, 2)
+        storage.set_concurrency_slots(ISS_POOL, 2)
         ensure_iss_pool(instance)
-        assert storage_.get_concurrency_info(ISS_POOL).slot_count == 2
+        assert storage.get_concurrency_info(ISS_POOL).slot_count == 2
