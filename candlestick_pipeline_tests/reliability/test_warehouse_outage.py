@@ -157,8 +157,9 @@ def test_the_warehouse_going_away_mid_write_fails_clearly_leaves_no_part_and_a_r
     assert f"the warehouse postgresql+psycopg://postgres@127.0.0.1:5432/{dbname} failed" in first
     assert "while replacing SBER.TQBR 1m [2025-06-04 00:00:00, 2025-06-05 00:00:00)" in first
     assert "rolled back: the window keeps its previous rows" in first
-    # ... and the step's retries could not even connect: the run fails naming the database.
+    # ... and the step's retries could not even connect: the run fails saying so, naming the database.
     message = failure_message(result)
+    assert f"cannot connect to the warehouse postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}" in message
     assert f'database "{dbname}" is not currently accepting connections' in message
     assert result.asset_materializations_for_node("candles_1m") == []
     # Written before the outage: whole and new. Being written: rolled back, whole and old. After: old.

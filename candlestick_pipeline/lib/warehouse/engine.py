@@ -118,17 +118,35 @@ def create_warehouse_engine(dsn: str) -> sa.Engine:
         engine = _sqlite_engine(url) if url.get_backend_name() == "sqlite" else _postgres_engine(url)
     except (sa.exc.ArgumentError, OSError) as exc:
         raise WarehouseError(f"cannot create an engine for {redact_dsn(dsn)}: {_redact(exc, url)}") from None
+    sa.event.listen(engine, "handle_error", _ConnectionFailure(dsn, url))
     try:
         with engine.connect():
             pass
-    except sa.exc.DBAPIError as exc:
+    except WarehouseConnectionError as exc:
         engine.dispose()
-        reason = _redact(exc.orig if exc.orig is not None else exc, url)
         # "from None": the chained driver exception could carry connection parameters.
-        raise WarehouseConnectionError(
-            f"cannot connect to the warehouse {redact_dsn(dsn)}: {reason}"
-        ) from None
+        raise WarehouseConnectionError(str(exc)) from None
     return engine
+
+
+class _ConnectionFailure:
+    """``handle_error`` hook: a failure to connect becomes :class:`WarehouseConnectionError`.
+
+    Not only at start-up: an engine outlives a database that goes away, and its next connection
+    (a step retry, say) must fail as clearly as the first one would have, not as a bare
+    ``OperationalError``. Errors on a connection already open are left to the callers, which say
+    what was being done (``candle_store`` names the write that was rolled back).
+    """
+
+    def __init__(self, dsn: str, url: URL) -> None:
+        self._dsn = dsn
+        self._url = url
+
+    def __call__(self, context: sa.engine.ExceptionContext) -> BaseException | None:
+        if context.connection is not None or context.is_pre_ping:
+            return None
+        reason = _redact(context.original_exception, self._url)
+        return WarehouseConnectionError(f"cannot connect to the warehouse {redact_dsn(self._dsn)}: {reason}")
 
 
 def _redact(exc: BaseException, url: URL) -> str:
