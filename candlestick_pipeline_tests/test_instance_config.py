@@ -12,12 +12,23 @@ from candlestick_pipeline.defs.iss.resource import ISS_POOL, ensure_iss_pool
 from candlestick_pipeline_tests.conftest import REPO_ROOT, pg_sessions_opened
 
 
-def test_embedded_default_instance_loads(tmp_path: Path) -> None:
+def test_embedded_default_instance_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copy(REPO_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert type(instance.run_storage).__name__ == "SqliteRunStorage"
         instance.add_dynamic_partitions("securities", ["SBER.TQBR"])
         assert instance.get_dynamic_partitions("securities") == ["SBER.TQBR"]
+    assert (tmp_path / "history" / "runs.db").exists()  # the storage lives in $DAGSTER_HOME
+
+
+def test_embedded_default_instance_names_dagster_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copy(REPO_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    with pytest.raises(dg.DagsterInvalidConfigError, match="DAGSTER_HOME"):
+        dg.DagsterInstance.from_config(str(tmp_path))
 
 
 def test_postgres_instance_loads(pg_database: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,6 +60,7 @@ def test_iss_pool_gets_its_default_limit_once_and_again_without_error(
 ) -> None:
     if backend == "sqlite":
         shutil.copy(REPO_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
         home = tmp_path
     else:
         monkeypatch.setenv(

@@ -193,11 +193,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval:
 
 
 @pytest.fixture
-def project(tmp_path: Path, standin: ISSStandIn, warehouse_dsn: str) -> Project:
-    """A DAGSTER_HOME with the repo's dagster.yaml (SQLite storage) and the parametrized warehouse."""
+def project(
+    tmp_path: Path, standin: ISSStandIn, warehouse_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> Project:
+    """A DAGSTER_HOME with the repo's dagster.yaml (SQLite storage) and the parametrized warehouse.
+
+    ``$DAGSTER_HOME`` is set to it in this process too: the dagster.yaml's storage names its folder so.
+    """
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
     standin.set_now(NOW)
     return Project(home, warehouse_dsn, standin)
 
