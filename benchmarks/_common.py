@@ -83,6 +83,12 @@ class StandInProcess:
     def candle_requests(self) -> int | None:
         return int(self._call("/_standin/stats")["candle_requests"])
 
+    def utilisation(self) -> tuple[float, float] | None:
+        """(requests in flight on average, seconds from the first request to the last answer)."""
+        stats = self._call("/_standin/stats")
+        window = float(stats["busy_window_seconds"])
+        return (float(stats["in_flight_seconds"]) / window if window else 0.0), window
+
     def stop(self) -> None:
         if self._proc.poll() is None:
             self._proc.terminate()
@@ -116,6 +122,9 @@ class ExternalISS:
         pass
 
     def candle_requests(self) -> int | None:
+        return None
+
+    def utilisation(self) -> tuple[float, float] | None:
         return None
 
     def __enter__(self) -> ExternalISS:

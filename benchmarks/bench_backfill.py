@@ -143,6 +143,44 @@ def warm_up(standin: ISS, workloads: Sequence[Workload]) -> None:
                     pass
 
 
+_PHASES = {
+    "ASSET_MATERIALIZATION_PLANNED": "planned",
+    "RUN_START": "start",
+    "STEP_START": "step",
+    "ASSET_MATERIALIZATION": "materialized",
+    "ASSET_CHECK_EVALUATION": "checked",
+    "RUN_SUCCESS": "end",
+}
+
+
+def _timeline(project: ProjectHome, started: float) -> str:
+    """Each run's phases, in seconds after the command started (wall clock), from its events:
+    created, first-last planned event, run start, each step's start, first-last materialization,
+    first-last check evaluation, run end."""
+    import dagster as dg
+
+    project.apply()
+    lines = []
+    with dg.DagsterInstance.get() as instance:
+        for record in sorted(instance.get_run_records(), key=lambda r: r.create_timestamp):
+            seen: dict[str, list[float]] = {}
+            for entry in instance.all_logs(record.dagster_run.run_id):
+                kind = entry.dagster_event_type.name if entry.dagster_event_type else None
+                if kind in _PHASES:
+                    seen.setdefault(_PHASES[kind], []).append(entry.timestamp - started)
+            parts = [f"created {record.create_timestamp.timestamp() - started:5.2f}"]
+            for phase in dict.fromkeys(_PHASES.values()):
+                times = seen.get(phase)
+                if not times:
+                    continue
+                if len(times) == 1:
+                    parts.append(f"{phase} {times[0]:5.2f}")
+                else:
+                    parts.append(f"{phase} {min(times):5.2f}-{max(times):5.2f} ({len(times)})")
+            lines.append(f"    run {record.dagster_run.run_id[:8]}: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
 def _breakdown(project: ProjectHome, wall: float) -> tuple[int, int, str]:
     """Runs launched, ISS pages they fetched, and where the wall time went, from the instance."""
     import dagster as dg
@@ -193,6 +231,7 @@ def run_b1(
     log: Path | None,
     extra_env: dict[str, str],
     processes: int,
+    timeline: bool = False,
 ) -> Result:
     with project_home(storage, warehouse_kind, pg_admin_dsn) as project:
         project.extra_env.update(extra_env)
@@ -211,6 +250,7 @@ def run_b1(
         candlestick = str(BIN / "candlestick")
         env = project.env(ISS_BASE_URL=standin.base_url, ISS_MAX_CONCURRENCY=str(concurrency))
         cpu_before = _children_cpu()
+        started_epoch = time.time()
         started = time.perf_counter()
         if layout in ("one-process", "serial-runs"):
             jobs = ["-j", "1"] if layout == "serial-runs" else []
@@ -240,8 +280,16 @@ def run_b1(
         finally:
             engine.dispose()
         runs, run_pages, breakdown = _breakdown(project, seconds)
+        if timeline:
+            breakdown += "\n" + _timeline(project, started_epoch)
         counted = standin.candle_requests()
         pages = run_pages if counted is None else counted
+        utilisation = standin.utilisation()
+        if utilisation is not None:
+            breakdown += (
+                f"\n    ISS: {utilisation[0]:.2f} requests in flight on average (C={concurrency}) from the "
+                f"first request to the last answer, {utilisation[1]:.2f}s"
+            )
     label = f"B1 {work.name} {layout}/{storage}"
     return Result(label, concurrency, runs, pages, candles, seconds, latency_ms, cpu, breakdown)
 
@@ -404,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--keys", nargs="+", default=None, metavar="SECID.BOARD", help=f"1m securities (default {CATALOG})"
     )
     parser.add_argument("--no-warm-up", action="store_true", help="skip fetching every window once first")
+    parser.add_argument(
+        "--timeline", action="store_true", help="print each B1 run's phases (seconds from the start)"
+    )
     args = parser.parse_args(argv)
     catalog = tuple(args.keys) if args.keys else CATALOG
     if not 1 <= args.securities <= len(catalog):
@@ -467,6 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.log,
                     dict(item.split("=", 1) for item in args.env),
                     args.processes,
+                    args.timeline,
                 )
                 b1.append(result)
                 print(result.line(), flush=True)

@@ -40,6 +40,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -158,6 +159,11 @@ class StandInStats:
         self.internal_errors = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        # Request-seconds in flight, and the window from the first request to the last answer: their
+        # ratio is how many requests ISS had in flight on average (benchmarks compare it with C).
+        self.in_flight_seconds = 0.0
+        self._first_request_at: float | None = None
+        self._last_change_at = 0.0
         self.reset()
 
     def reset(self) -> None:
@@ -168,6 +174,15 @@ class StandInStats:
             self.faults_injected = {}
             self.internal_errors = 0
             self.max_in_flight = self.in_flight
+            self.in_flight_seconds = 0.0
+            self._first_request_at = None
+
+    def _advance(self) -> float:
+        """Add the in-flight time up to now (under the lock); returns now."""
+        now = time.monotonic()
+        self.in_flight_seconds += self.in_flight * (now - self._last_change_at)
+        self._last_change_at = now
+        return now
 
     def record_request(self, endpoint: str, candle_params: dict[str, Any] | None) -> None:
         with self._lock:
@@ -189,10 +204,14 @@ class StandInStats:
             nonlocal counted
             with self._lock:
                 if counted:
+                    self._advance()
                     self.in_flight -= 1
                     counted = False
 
         with self._lock:
+            now = self._advance()
+            if self._first_request_at is None:
+                self._first_request_at = now
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -231,6 +250,10 @@ class StandInStats:
                 "faults_injected": dict(self.faults_injected),
                 "internal_errors": self.internal_errors,
                 "max_in_flight": self.max_in_flight,
+                "in_flight_seconds": self.in_flight_seconds,
+                "busy_window_seconds": (
+                    self._last_change_at - self._first_request_at if self._first_request_at else 0.0
+                ),
             }
 
 
