@@ -216,23 +216,8 @@ def _execute_runs(
     """Execute one run per (security, partition range), ``parallel`` at once; the number that failed."""
     if not work:
         return 0
-    with _event_batches():
-        return _execute_work(instance, asset_name, work, parallel)
-
-
-@contextmanager
-def _event_batches() -> Iterator[None]:
-    """Runs write their ~2 events per partition in batches, not one at a time, unless the user set
-    ``DAGSTER_EVENT_BATCH_SIZE`` (Dagster's switch; PostgreSQL storage implements the batches,
-    SQLite storage still writes one by one)."""
-    if _EVENT_BATCH_VARIABLE in os.environ:
-        yield
-        return
-    os.environ[_EVENT_BATCH_VARIABLE] = _EVENT_BATCH_SIZE
-    try:
-        yield
-    finally:
-        del os.environ[_EVENT_BATCH_VARIABLE]
+    # Their events go in batches: DAGSTER_EVENT_BATCH_SIZE, set by the package (__init__.py).
+    return _execute_work(instance, asset_name, work, parallel)
 
 
 def _execute_work(
@@ -274,10 +259,6 @@ def _job_for(asset_name: str, iss_max_concurrency: int) -> dg.JobDefinition:
     return job
 
 
-_EVENT_BATCH_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
-_EVENT_BATCH_SIZE = "1000"
-
-
 @functools.cache
 def _worker_instance() -> dg.DagsterInstance:
     """A worker process's own instance, opened once for all the runs it executes (never the parent's)."""
@@ -316,8 +297,8 @@ def dev(ctx: click.Context) -> None:
         home = config.dagster_home()
         workspace = config.workspace_file()
     os.environ["DAGSTER_HOME"] = str(home)
-    # The daemon's runs write their events in batches, as `candlestick load`'s do (PostgreSQL storage).
-    os.environ.setdefault(_EVENT_BATCH_VARIABLE, _EVENT_BATCH_SIZE)
+    # Dagster's daemon creates the runs of backfills and sensors: it inherits DAGSTER_EVENT_BATCH_SIZE
+    # (set by this package unless the user did), so their planned events go in batches too.
     args = ["dagster", "dev", "-w", str(workspace), *ctx.args]
     click.echo(f"DAGSTER_HOME={home}; warehouse {warehouse.redact_dsn(config.warehouse_dsn())}", err=True)
     os.execvp(args[0], args)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -79,3 +82,16 @@ def test_iss_pool_gets_its_default_limit_once_and_again_without_error(
         storage.set_concurrency_slots(ISS_POOL, 2)
         ensure_iss_pool(instance)
         assert storage.get_concurrency_info(ISS_POOL).slot_count == 2
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "1000"), ("0", "0"), ("50", "50")])
+def test_runs_write_their_events_in_batches_unless_the_user_says_otherwise(
+    given: str | None, seen: str
+) -> None:
+    """Every process of this code location imports the package, which sets Dagster's switch."""
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_EVENT_BATCH_SIZE"}
+    if given is not None:
+        env["DAGSTER_EVENT_BATCH_SIZE"] = given
+    code = "import os, candlestick_pipeline; print(os.environ['DAGSTER_EVENT_BATCH_SIZE'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == seen
