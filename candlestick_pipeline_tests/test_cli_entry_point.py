@@ -1,0 +1,59 @@
+"""The ``candlestick`` console script exits without Python's teardown, losing no output or exit code."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from candlestick_pipeline_tests.conftest import REPO_ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def _candlestick(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"DAGSTER_HOME": str(home), "CANDLESTICK_DATA_DIR": str(home / "data"), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [str(BIN / "candlestick"), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    shutil.copy(REPO_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    return tmp_path
+
+
+def test_output_through_a_pipe_and_exit_code_zero(home: Path) -> None:
+    result = _candlestick(home, "load", "--help")
+    assert result.returncode == 0
+    assert "Load the candles of KEY" in result.stdout  # block-buffered in a pipe: flushed before the exit
+
+
+def test_user_errors_keep_their_message_and_exit_code(home: Path) -> None:
+    result = _candlestick(
+        home, "load", "NOSUCH.TQBR", "-t", "1m", "--from", "2025-01-01", "--till", "2025-01-02"
+    )
+    assert result.returncode == 2
+    assert "NOSUCH.TQBR is not registered" in result.stderr
+
+
+def test_usage_errors_keep_their_exit_code(home: Path) -> None:
+    result = _candlestick(home, "no-such-command")
+    assert result.returncode == 2
+    assert "No such command" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "stderr"), [(3, 3, ""), (None, 0, ""), ("gave up", 1, "gave up\n")]
+)
+def test_exit_runs_atexit_callbacks_and_flushes(code: object, status: int, stderr: str) -> None:
+    program = (
+        "import atexit, sys, candlestick_pipeline.cli as cli\n"
+        "atexit.register(lambda: sys.stdout.write('atexit ran\\n'))\n"
+        "sys.stdout.write('buffered ')\n"
+        f"cli._exit_without_teardown({code!r})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (status, "buffered atexit ran\n", stderr)
