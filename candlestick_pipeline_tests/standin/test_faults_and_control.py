@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -127,6 +128,29 @@ def test_latency(iss: httpx.Client, standin: ISSStandIn) -> None:
     started = time.perf_counter()
     iss.get("/_standin/stats")
     assert time.perf_counter() - started < 0.15
+
+
+def test_time_in_flight_gives_the_average_concurrency(standin: ISSStandIn) -> None:
+    standin.set_now(NOW)
+    standin.set_faults(latency_ms=200)
+
+    def get(_: int) -> None:
+        with httpx.Client(base_url=standin.base_url, timeout=5) as client:
+            client.get(CANDLES, params=PARAMS)
+
+    standin.reset_stats()
+    with ThreadPoolExecutor(max_workers=3) as pool:  # three at once, then one alone
+        list(pool.map(get, range(3)))
+    get(3)
+    snapshot = standin.stats.snapshot()
+    window, in_flight = snapshot["busy_window_seconds"], snapshot["in_flight_seconds"]
+    assert 0.4 <= window < 0.8  # about 2 x 200 ms
+    assert 0.8 <= in_flight < 1.2  # about 4 x 200 ms
+    assert 1.5 < in_flight / window < 2.5  # 3 in flight for half the time, 1 for the other half
+    standin.reset_stats()
+    assert (
+        standin.stats.snapshot()["in_flight_seconds"] == standin.stats.snapshot()["busy_window_seconds"] == 0
+    )
 
 
 def test_only_paths_limits_faults_to_candles(iss: httpx.Client, standin: ISSStandIn) -> None:
