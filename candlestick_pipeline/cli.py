@@ -175,7 +175,7 @@ def load(
     that one run's Dagster bookkeeping overlaps another's ISS requests, and they share one budget of
     ``ISS_MAX_CONCURRENCY`` requests in flight, so ISS never sees more than one run would.
     """
-    from candlestick_pipeline.defs.candles.status import contiguous_runs, partition_states
+    from candlestick_pipeline.defs.candles.status import contiguous_runs, partition_states_many
 
     first, last = _parse_date(date_from, "from"), _parse_date(date_till, "till")
     with _user_errors():
@@ -192,8 +192,11 @@ def load(
         if not all_keys:
             raise _UserError(f"no {timeframe.name} partitions between {first} and {last}")
         plans: list[tuple[SecurityKey, list[list[str]]]] = []
+        # One status query for all the securities: 300 securities x 3 years took 36 s one by one,
+        # 20 s together (benchmark B6).
+        states_by_security = partition_states_many(instance, timeframe, securities, all_keys)
         for security in securities:
-            states = partition_states(instance, timeframe, security, all_keys)
+            states = states_by_security[security]
             wanted = all_keys if refresh else [s.date_key for s in states if s.needs_load]
             runs = contiguous_runs(wanted, all_keys)
             click.echo(
