@@ -360,7 +360,10 @@ def _exit_without_teardown(code: int | str | None) -> NoReturn:
     # Python's teardown of the modules Dagster, polars and SQLAlchemy load takes 0.3 s at the end of
     # every command. By now the command is over: its runs ended, its workers were joined, its writes
     # committed, its thread pools shut down. What of the teardown matters still happens: the atexit
-    # callbacks (logging's flush among them), then stdout and stderr are flushed.
+    # callbacks (logging's flush among them), then stdout and stderr are flushed. Under a profiler or
+    # a tracer (cProfile, coverage) the usual exit, so that they write their results.
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        raise SystemExit(code)
     if isinstance(code, str):
         sys.stderr.write(code + "\n")
         status = 1

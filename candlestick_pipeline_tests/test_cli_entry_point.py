@@ -57,3 +57,15 @@ def test_exit_runs_atexit_callbacks_and_flushes(code: object, status: int, stder
     )
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False)
     assert (result.returncode, result.stdout, result.stderr) == (status, "buffered atexit ran\n", stderr)
+
+
+def test_under_a_profiler_the_usual_exit_lets_it_write_its_results(tmp_path: Path) -> None:
+    stats = tmp_path / "profile.out"
+    program = "import candlestick_pipeline.cli as cli\ncli._exit_without_teardown(4)\n"
+    script = tmp_path / "exit.py"
+    script.write_text(program)
+    result = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(stats), str(script)], capture_output=True, check=False
+    )
+    assert result.returncode == 4
+    assert stats.stat().st_size > 0
