@@ -64,8 +64,7 @@ def test_under_a_profiler_the_usual_exit_lets_it_write_its_results(tmp_path: Pat
     program = "import candlestick_pipeline.cli as cli\ncli._exit_without_teardown(4)\n"
     script = tmp_path / "exit.py"
     script.write_text(program)
-    result = subprocess.run(
-        [sys.executable, "-m", "cProfile", "-o", str(stats), str(script)], capture_output=True, check=False
+    subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(stats), str(script)], capture_output=True, check=True
     )
-    assert result.returncode == 4
-    assert stats.stat().st_size > 0
+    assert stats.stat().st_size > 0  # (cProfile itself swallows the exit code: 0)
