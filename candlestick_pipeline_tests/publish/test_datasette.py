@@ -262,6 +262,27 @@ def test_iss_compact_format_and_offset_paging(published: Published) -> None:
     assert newest["candles"]["data"][0][6] == "2023-12-31 00:00:00"
 
 
+ISS_SBER_MARKET = "/iss/engines/stock/markets/shares/securities/SBER/candles.json"
+
+
+def test_iss_market_form_serves_the_primary_board(published: Published) -> None:
+    query = "?interval=1&from=2024-01-03&till=2024-01-03&start=500"
+    assert published.json(ISS_SBER_MARKET + query) == published.json(ISS_SBER + query)
+    with ISSRedirect(published.server.base_url) as session:
+        rows = apimoex.get_market_candles(session, "SBER", interval=1, start="2024-01-03", end="2024-01-03")
+        assert rows == _iss_view(warehouse_rows(published.engine, SBER, "1m", *day_window(DAY)))
+        assert all("/markets/shares/securities/SBER/candles.json" in url for url in session.urls)
+        rows = apimoex.get_market_candles(
+            session, "USD000UTSTOM", interval=60, market="selt", engine="currency"
+        )
+        assert len(rows) == 17
+    unknown = published.get(ISS_SBER_MARKET.replace("SBER", "NOPE"))
+    assert unknown.status_code == 404 and "unknown security" in unknown.json()["error"]
+    elsewhere = published.get("/iss/engines/stock/markets/shares/securities/USD000UTSTOM/candles.json")
+    assert elsewhere.status_code == 404
+    assert "/iss/engines/currency/markets/selt/" in elsewhere.json()["error"]
+
+
 def test_iss_engine_and_market_must_match(published: Published) -> None:
     response = published.get(
         "/iss/engines/stock/markets/shares/boards/CETS/securities/USD000UTSTOM/candles.json"

@@ -99,6 +99,42 @@ def test_guard_refuses_writes() -> None:
 PATH = {"engine": "stock", "market": "shares", "board": "TQBR", "secid": "SBER"}
 
 
+MARKET_PATH = {"engine": "stock", "market": "shares", "secid": "SBER"}
+
+
+@pytest.mark.parametrize(
+    ("boards", "series_boards", "chosen"),
+    [
+        ([("TQBR", 1), ("SMAL", 0)], [], "TQBR"),  # the primary board
+        ([("SMAL", 0)], [], "SMAL"),  # the only board on this market
+        ([], [("CETS",)], "CETS"),  # no reference row: the only published board (checked later)
+    ],
+)
+def test_market_form_takes_the_primary_or_only_board(
+    boards: list[tuple[str, int]], series_boards: list[tuple[str]], chosen: str
+) -> None:
+    request = iss_route.parse_request(MARKET_PATH, [])
+    assert request.board == ""
+    assert iss_route.choose_board(request, boards, series_boards) == chosen
+
+
+@pytest.mark.parametrize(
+    ("boards", "series_boards", "message"),
+    [
+        ([("SMAL", 0), ("TQBR", 0)], [], "published on boards SMAL, TQBR of engine 'stock', market 'shares'"),
+        ([], [("SMAL",), ("TQBR",)], "boards SMAL, TQBR"),
+        ([], [], "unknown security: the publication holds no candles of SBER on engine 'stock'"),
+    ],
+)
+def test_market_form_refuses_to_guess_a_board(
+    boards: list[tuple[str, int]], series_boards: list[tuple[str]], message: str
+) -> None:
+    request = iss_route.parse_request(MARKET_PATH, [])
+    with pytest.raises(GuardError) as caught:
+        iss_route.choose_board(request, boards, series_boards)
+    assert caught.value.status == 404 and message in str(caught.value)
+
+
 def test_iss_request_defaults_are_those_of_iss() -> None:
     request = iss_route.parse_request(PATH, [])
     assert request.interval == 10 and request.timeframe == "10m"

@@ -615,7 +615,7 @@ class FastPages:
 
 
 async def iss_candles(datasette: Any, request: Any) -> Response:
-    """``/iss/engines/{engine}/markets/{market}/boards/{board}/securities/{secid}/candles.json``."""
+    """``/iss/engines/{engine}/markets/{market}[/boards/{board}]/securities/{secid}/candles.json``."""
     if request.method not in ("GET", "HEAD"):
         return _error(datasette, request.path, GuardError(405, "only GET: the publication is read-only"))
 
@@ -789,6 +789,7 @@ Route = tuple[str, Callable[..., Awaitable[Response]]]
 def routes() -> list[Route]:
     return [
         (iss_route.ROUTE, iss_candles),
+        (iss_route.MARKET_ROUTE, iss_candles),
         (CHART_ROUTE, chart_page),
         (CHART_SVG_ROUTE, chart_svg),
     ]

@@ -1,13 +1,20 @@
 """An ISS-compatible candles endpoint over the publication.
 
-``/iss/engines/{engine}/markets/{market}/boards/{board}/securities/{secid}/candles.json`` answers
-like ISS (``shared/iss-samples/ISS-FACTS.md`` section 1): parameters ``from``, ``till`` (inclusive
-dates, or ``YYYY-MM-DD HH:MM:SS``), ``interval`` (ISS codes 1, 10, 60, 24, 7, 31, 4; default 10
-like ISS), ``start`` (row offset), ``iss.reverse``; pages of 500 rows ordered by ``begin``, an empty
-page after the last; the block ``candles`` with ``metadata``, ``columns`` in ISS order
-``open, close, high, low, value, volume, begin, end`` and ``data``. Client options honoured:
-``iss.meta=off``, ``iss.only=<blocks>``, ``iss.json=extended`` (``[{"charsetinfo": ...}, {"candles":
-[{...}, ...]}]``) and ``candles.columns=<names>``, which is what aiomoex and apimoex send.
+``/iss/engines/{engine}/markets/{market}/boards/{board}/securities/{secid}/candles.json`` (the board
+form) and ``/iss/engines/{engine}/markets/{market}/securities/{secid}/candles.json`` (the market
+form, apimoex's ``get_market_candles``) answer like ISS (``shared/iss-samples/ISS-FACTS.md``
+section 1): parameters ``from``, ``till`` (inclusive dates, or ``YYYY-MM-DD HH:MM:SS``),
+``interval`` (ISS codes 1, 10, 60, 24, 7, 31, 4; default 10 like ISS), ``start`` (row offset),
+``iss.reverse``; pages of 500 rows ordered by ``begin``, an empty page after the last; the block
+``candles`` with ``metadata``, ``columns`` in ISS order ``open, close, high, low, value, volume,
+begin, end`` and ``data``. Client options honoured: ``iss.meta=off``, ``iss.only=<blocks>``,
+``iss.json=extended`` (``[{"charsetinfo": ...}, {"candles": [{...}, ...]}]``) and
+``candles.columns=<names>``, which is what aiomoex and apimoex send.
+
+The market form serves the security's primary board on that engine and market (``is_primary`` in
+``securities``): ISS serves the market's default board group there, and in the May-2023 crawl its
+body was byte-identical to the primary board's (ISS-FACTS 1.1). A security published on several
+boards with none primary, or on none, is a 404 that names the boards and the board form.
 
 Deliberate differences from ISS: an unknown security, or one on another engine/market, is a 404
 (ISS answers 200 with no rows), and a bad parameter is a 400 with a message (ISS is silent).
@@ -15,6 +22,7 @@ Deliberate differences from ISS: an unknown security, or one on another engine/m
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -36,6 +44,9 @@ DEFAULT_TILL = "2037-12-31"
 ROUTE = (
     r"^/iss/engines/(?P<engine>[^/]+)/markets/(?P<market>[^/]+)/boards/(?P<board>[^/]+)"
     r"/securities/(?P<secid>[^/]+)/candles\.json$"
+)
+MARKET_ROUTE = (
+    r"^/iss/engines/(?P<engine>[^/]+)/markets/(?P<market>[^/]+)/securities/(?P<secid>[^/]+)/candles\.json$"
 )
 
 ISS_COLUMNS: tuple[str, ...] = ("open", "close", "high", "low", "value", "volume", "begin", "end")
@@ -61,7 +72,7 @@ class CandlesRequest:
 
     engine: str
     market: str
-    board: str
+    board: str  # "" in the market form until the board is chosen (:func:`choose_board`)
     secid: str
     timeframe: str
     interval: int
@@ -110,7 +121,7 @@ def parse_request(path_params: Mapping[str, str], args: Sequence[tuple[str, str]
                 400, f"invalid {name} {value!r}: expected lower-case letters (e.g. stock, shares)"
             )
     secid = check_secid(path_params["secid"])
-    board = check_board(path_params["board"])
+    board = check_board(path_params["board"]) if "board" in path_params else ""
     query: dict[str, str] = {}
     for key, value in args:
         if key in query and query[key] != value:
@@ -189,6 +200,40 @@ SECURITY_SQL = (
 )
 
 
+BOARDS_SQL = (
+    "SELECT board, is_primary FROM securities WHERE secid = :secid AND engine = :engine AND market = :market"
+    " ORDER BY is_primary DESC, board"
+)
+SERIES_BOARDS_SQL = "SELECT DISTINCT board FROM series WHERE secid = :secid ORDER BY board"
+
+
+def choose_board(
+    request: CandlesRequest, boards: Sequence[Sequence[Any]], series_boards: Sequence[Sequence[Any]]
+) -> str:
+    """The market form's board: the primary one on the engine/market, else the only one (404 if not one).
+
+    ``boards``: (board, is_primary) of the security's reference rows on the request's engine/market,
+    primary first; ``series_boards``: the boards its candles are published on, for a security
+    without a reference row (the board form's check then judges the engine/market).
+    """
+    if boards and (boards[0][1] or len(boards) == 1):
+        return str(boards[0][0])
+    names = [str(row[0]) for row in boards] or [str(row[0]) for row in series_boards]
+    if len(names) == 1:
+        return names[0]
+    where = f"engine {request.engine!r}, market {request.market!r}"
+    if not names:
+        raise GuardError(
+            404, f"unknown security: the publication holds no candles of {request.secid} on {where}"
+        )
+    raise GuardError(
+        404,
+        f"{request.secid} is published on boards {', '.join(names)} of {where}, none of them primary: "
+        f"name one, /iss/engines/{request.engine}/markets/{request.market}/boards/{names[0]}/securities/"
+        f"{request.secid}/candles.json",
+    )
+
+
 def check_security(request: CandlesRequest, row: Sequence[Any] | None) -> None:
     """404 unless the publication holds the security on this engine/market."""
     name = f"{request.secid} on board {request.board}"
@@ -242,6 +287,11 @@ Fetch = Callable[[str, dict[str, Any]], Awaitable[list[Sequence[Any]]]]
 async def answer(path_params: Mapping[str, str], args: Sequence[tuple[str, str]], fetch: Fetch) -> bytes:
     """Validate, look the security up, fetch one page and encode it (raises :class:`GuardError`)."""
     request = parse_request(path_params, args)
+    if not request.board:
+        where = {"secid": request.secid, "engine": request.engine, "market": request.market}
+        boards = await fetch(BOARDS_SQL, where)
+        series_boards = [] if boards else await fetch(SERIES_BOARDS_SQL, {"secid": request.secid})
+        request = dataclasses.replace(request, board=choose_board(request, boards, series_boards))
     found = await fetch(SECURITY_SQL, {"secid": request.secid, "board": request.board})
     check_security(request, found[0] if found else None)
     sql, params = candles_sql(request)
