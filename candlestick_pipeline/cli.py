@@ -304,7 +304,9 @@ def dev(ctx: click.Context) -> None:
     os.environ["DAGSTER_HOME"] = str(home)
     # Dagster's daemon creates the runs of backfills and sensors: it inherits DAGSTER_EVENT_BATCH_SIZE
     # (set by this package unless the user did), so their planned events go in batches too.
-    args = ["dagster", "dev", "-w", str(workspace), *ctx.args]
+    # This environment's dagster (beside this interpreter), also when the venv is not on PATH.
+    beside = os.path.join(os.path.dirname(sys.executable), "dagster")
+    args = [beside if os.path.exists(beside) else "dagster", "dev", "-w", str(workspace), *ctx.args]
     click.echo(f"DAGSTER_HOME={home}; warehouse {warehouse.redact_dsn(config.warehouse_dsn())}", err=True)
     os.execvp(args[0], args)
 
