@@ -27,6 +27,7 @@ from candlestick_pipeline.defs.iss.client import ISSClient
 from candlestick_pipeline.defs.iss.errors import ISSError
 from candlestick_pipeline.defs.iss.resource import ensure_iss_pool
 from candlestick_pipeline.lib import warehouse
+from candlestick_pipeline.lib.scripts import console_script
 from candlestick_pipeline.lib.securities import InvalidSecurityKeyError, SecurityKey
 from candlestick_pipeline.lib.timeframes import TIMEFRAMES, UnknownTimeframeError, get_timeframe
 
@@ -304,9 +305,7 @@ def dev(ctx: click.Context) -> None:
     os.environ["DAGSTER_HOME"] = str(home)
     # Dagster's daemon creates the runs of backfills and sensors: it inherits DAGSTER_EVENT_BATCH_SIZE
     # (set by this package unless the user did), so their planned events go in batches too.
-    # This environment's dagster (beside this interpreter), also when the venv is not on PATH.
-    beside = os.path.join(os.path.dirname(sys.executable), "dagster")
-    args = [beside if os.path.exists(beside) else "dagster", "dev", "-w", str(workspace), *ctx.args]
+    args = [*console_script("dagster"), "dev", "-w", str(workspace), *ctx.args]
     click.echo(f"DAGSTER_HOME={home}; warehouse {warehouse.redact_dsn(config.warehouse_dsn())}", err=True)
     os.execvp(args[0], args)
 

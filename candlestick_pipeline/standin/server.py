@@ -176,6 +176,7 @@ class StandInStats:
             self.max_in_flight = self.in_flight
             self.in_flight_seconds = 0.0
             self._first_request_at = None
+            self._last_change_at = time.monotonic()  # requests in flight now count from now on
 
     def _advance(self) -> float:
         """Add the in-flight time up to now (under the lock); returns now."""

@@ -33,9 +33,9 @@ Clients should page with ``_shape=array`` and the ``Link: rel=next`` header (or 
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 from pathlib import Path
+
+from candlestick_pipeline.lib.scripts import console_script
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DATASETTE_DIR_ENV = "CANDLESTICK_DATASETTE_DIR"
@@ -68,15 +68,6 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def datasette_executable() -> list[str]:
-    """``datasette`` of this environment (the venv's script, or ``python -m datasette``)."""
-    script = Path(sys.executable).with_name("datasette")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("datasette")
-    return [found] if found else [sys.executable, "-m", "datasette"]
-
-
 def datasette_command(
     path: Path | str,
     host: str = "127.0.0.1",
@@ -100,7 +91,7 @@ def datasette_command(
         settings["default_allow_sql"] = "on"
     settings.update(extra_settings or {})
     argv = [
-        *datasette_executable(),
+        *console_script("datasette"),
         "serve",
         str(Path(path)),
         "--host",
