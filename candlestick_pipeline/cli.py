@@ -284,12 +284,14 @@ def _execute_run(
         "dagster/asset_partition_range_start": str(multi_key(key, run[0])),
         "dagster/asset_partition_range_end": str(multi_key(key, run[-1])),
     }
-    result = _job_for(asset_name, iss_max_concurrency).execute_in_process(
-        instance=instance or _worker_instance(),
-        tags=tags,
-        asset_selection=[dg.AssetKey(asset_name)],
-        raise_on_error=False,
-    )
+    # Forked workers start their runs one at a time, each until its first ISS request (gate.py).
+    with iss_gate.start_up_in_turn():
+        result = _job_for(asset_name, iss_max_concurrency).execute_in_process(
+            instance=instance or _worker_instance(),
+            tags=tags,
+            asset_selection=[dg.AssetKey(asset_name)],
+            raise_on_error=False,
+        )
     status = "ok" if result.success else "FAILED"
     click.echo(f"  {key} {run[0]} .. {run[-1]} ({len(run)} partition(s)): {status}, run {result.run_id}")
     return result.success

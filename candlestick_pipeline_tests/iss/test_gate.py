@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -16,16 +18,26 @@ from candlestick_pipeline.standin.server import ISSStandIn
 NOW = dt.datetime(2025, 6, 10, 12, 0)
 
 
-def _fetch_in_workers(standin: ISSStandIn, workers: int, *budget: int) -> list[int]:
-    args = [standin.base_url, str(workers), *map(str, budget)]
+def _workers(standin: ISSStandIn, workers: int, *args: int | str) -> Any:
     out = subprocess.run(
-        [sys.executable, "-m", "candlestick_pipeline_tests.iss.gate_workers", *args],
+        [
+            sys.executable,
+            "-m",
+            "candlestick_pipeline_tests.iss.gate_workers",
+            standin.base_url,
+            str(workers),
+            *map(str, args),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    rows: list[int] = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def _fetch_in_workers(standin: ISSStandIn, workers: int, *budget: int) -> list[int]:
+    rows: list[int] = _workers(standin, workers, *budget)
     return rows
 
 
@@ -50,6 +62,19 @@ def test_without_a_shared_budget_each_worker_has_its_own_limit(slow_standin: ISS
     assert slow_standin.stats.snapshot()["max_in_flight"] > 2
 
 
+def test_workers_start_up_one_at_a_time_until_their_first_request(slow_standin: ISSStandIn) -> None:
+    starts = sorted(_workers(slow_standin, 3, 2, "turns"))
+
+    # Each worker took its turn only after the one before sent its first request or failed; the
+    # failing worker (its run broke before any request) passed the turn on all the same.
+    assert [failed for _, _, failed in starts].count(True) == 1
+    for (earlier, first_request, failed), (later, _, _) in itertools.pairwise(starts):
+        assert later >= earlier + 0.2  # each start-up takes 0.2 s
+        if not failed:
+            assert first_request is not None and later >= first_request
+    assert slow_standin.stats.snapshot()["max_in_flight"] == 2
+
+
 @pytest.fixture
 def no_shared_budget() -> Iterator[None]:
     gate.stop_sharing()
@@ -62,4 +87,6 @@ def test_a_budget_needs_a_slot(no_shared_budget: None) -> None:
         gate.share_between_processes(0)
     assert not gate.shared_limit_active()
     with gate.request_slot():  # no budget: nothing to take
+        pass
+    with gate.start_up_in_turn(), gate.start_up_in_turn():  # no budget: no turns to wait for
         pass
