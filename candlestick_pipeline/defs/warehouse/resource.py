@@ -13,6 +13,7 @@ from pydantic import Field, PrivateAttr
 
 from candlestick_pipeline.lib import warehouse
 from candlestick_pipeline.lib.securities import SecurityInfo, SecurityKey
+from candlestick_pipeline.lib.timeframes import Timeframe
 
 # Guards the lazy engine creation when several threads of one step use the resource at once.
 _ENGINE_LOCK = threading.Lock()
@@ -84,6 +85,13 @@ class WarehouseResource(dg.ConfigurableResource):
     ) -> pl.DataFrame:
         """Candles of one series with ``begin`` in ``[start, end)``, sorted by ``begin``."""
         return warehouse.read_candles(self.get_engine(), key, timeframe, start, end)
+
+    def summarize_days(
+        self, key: SecurityKey, timeframe: Timeframe, start: dt.datetime, end: dt.datetime
+    ) -> list[warehouse.DaySummary]:
+        """Per day of the series in ``[start, end)``: candles, duplicate begins, OHLC-insane and
+        off-grid candles, counted by the database."""
+        return warehouse.summarize_days(self.get_engine(), key, timeframe, start, end)
 
     def count_candles(self, key: SecurityKey | None = None, timeframe: str | None = None) -> int:
         """How many candles are stored, optionally of one security and/or timeframe."""

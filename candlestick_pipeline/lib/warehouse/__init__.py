@@ -8,10 +8,12 @@ The schema is created and upgraded only by the Alembic migrations (:func:`migrat
 import sqlalchemy as sa
 
 from candlestick_pipeline.lib.warehouse.candle_store import (
+    DaySummary,
     count_candles,
     read_candles,
     replace_candles,
     replace_candles_many,
+    summarize_days,
     validate_candles,
 )
 from candlestick_pipeline.lib.warehouse.engine import (
@@ -31,6 +33,7 @@ from candlestick_pipeline.lib.warehouse.security_store import (
 )
 
 __all__ = [
+    "DaySummary",
     "WarehouseConnectionError",
     "WarehouseError",
     "candles",
@@ -49,6 +52,7 @@ __all__ = [
     "replace_candles_many",
     "sa",
     "securities",
+    "summarize_days",
     "upsert_security",
     "validate_candles",
 ]

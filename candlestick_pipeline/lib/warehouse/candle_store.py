@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -30,7 +31,7 @@ from psycopg.types.range import Range
 
 from candlestick_pipeline.lib.frames import CANDLE_SCHEMA, conform, empty_candles
 from candlestick_pipeline.lib.securities import SecurityKey
-from candlestick_pipeline.lib.timeframes import MOSCOW, get_timeframe, to_moscow_naive
+from candlestick_pipeline.lib.timeframes import MOSCOW, Timeframe, get_timeframe, to_moscow_naive
 from candlestick_pipeline.lib.warehouse.copy_binary import (
     binary_arrays,
     binary_copy_chunks,
@@ -483,6 +484,102 @@ def read_candles(
             pl.col(name).str.strptime(pl.Datetime("us"), _SQLITE_TIMESTAMP) for name in ("begin", "end")
         )
     return frame
+
+
+@dataclass(frozen=True)
+class DaySummary:
+    """What the warehouse holds of one series on one day (Moscow time), as the candle checks need it."""
+
+    day: dt.date
+    candles: int
+    duplicate_begins: int
+    """Candles beyond the first with the same ``begin``."""
+    bad_ohlc: int
+    """Candles with low > min(open, close), high < max(open, close), low > high or volume < 0."""
+    off_grid: int
+    """Candles whose ``begin`` is not on the timeframe's grid (``Timeframe.is_aligned``)."""
+
+    @property
+    def suspect(self) -> bool:
+        return bool(self.duplicate_begins or self.bad_ohlc or self.off_grid)
+
+
+# Per dialect: the day of "begin", OHLC insanity, and the grid per ISS interval (as
+# Timeframe.is_aligned). SQLite holds "begin" as 'YYYY-MM-DD HH:MM:SS' (longer with a fraction of a
+# second): minutes at 15-16, seconds at 18-19, the time of day at 12-19.
+_BEGIN = '"begin"'
+_SQLITE_DAY = f"substr({_BEGIN}, 1, 10)"
+_PG_DAY = f"CAST({_BEGIN} AS date)"
+_SQLITE_BAD_OHLC = '"low" > min("open", "close") OR "high" < max("open", "close")'
+_PG_BAD_OHLC = '"low" > least("open", "close") OR "high" < greatest("open", "close")'
+_BAD_TAIL = ' OR "low" > "high" OR "volume" < 0'
+_SQLITE_WHOLE_MINUTE = f"length({_BEGIN}) <> 19 OR substr({_BEGIN}, 18, 2) <> '00'"
+_SQLITE_MIDNIGHT = f"length({_BEGIN}) <> 19 OR substr({_BEGIN}, 12, 8) <> '00:00:00'"
+_SQLITE_OFF_GRID = {
+    1: _SQLITE_WHOLE_MINUTE,
+    10: f"{_SQLITE_WHOLE_MINUTE} OR substr({_BEGIN}, 16, 1) <> '0'",
+    60: f"{_SQLITE_WHOLE_MINUTE} OR substr({_BEGIN}, 15, 2) <> '00'",
+    24: _SQLITE_MIDNIGHT,
+    7: f"{_SQLITE_MIDNIGHT} OR strftime('%w', {_BEGIN}) <> '1'",
+    31: f"{_SQLITE_MIDNIGHT} OR substr({_BEGIN}, 9, 2) <> '01'",
+    4: f"{_SQLITE_MIDNIGHT} OR substr({_BEGIN}, 9, 2) <> '01' "
+    f"OR substr({_BEGIN}, 6, 2) NOT IN ('01', '04', '07', '10')",
+}
+
+
+def _pg_truncated(unit: str) -> str:
+    return f"{_BEGIN} <> date_trunc('{unit}', {_BEGIN})"
+
+
+_PG_OFF_GRID = {
+    1: _pg_truncated("minute"),
+    10: f"{_pg_truncated('minute')} OR CAST(extract(minute FROM {_BEGIN}) AS integer) % 10 <> 0",
+    60: _pg_truncated("hour"),
+    24: _pg_truncated("day"),
+    7: _pg_truncated("week"),  # ISO weeks: from Monday
+    31: _pg_truncated("month"),
+    4: _pg_truncated("quarter"),
+}
+
+
+def _summary_sql(timeframe: Timeframe, postgres: bool) -> str:
+    day, bad, off_grid = (
+        (_PG_DAY, _PG_BAD_OHLC, _PG_OFF_GRID)
+        if postgres
+        else (_SQLITE_DAY, _SQLITE_BAD_OHLC, _SQLITE_OFF_GRID)
+    )
+    return (
+        f'SELECT {day}, count(*), count(*) - count(DISTINCT "begin"), '
+        f"sum(CASE WHEN {bad}{_BAD_TAIL} THEN 1 ELSE 0 END), "
+        f"sum(CASE WHEN {off_grid[timeframe.iss_interval]} THEN 1 ELSE 0 END) "
+        "FROM candles WHERE secid = :secid AND board = :board AND timeframe = :timeframe "
+        'AND "begin" >= :start AND "begin" < :end GROUP BY 1 ORDER BY 1'
+    )
+
+
+def summarize_days(
+    engine: sa.Engine, key: SecurityKey, timeframe: Timeframe, start: dt.datetime, end: dt.datetime
+) -> list[DaySummary]:
+    """One :class:`DaySummary` per day holding candles of the series with ``begin`` in ``[start, end)``,
+    sorted by day. The database counts; no candle leaves it."""
+    with engine.connect() as conn:
+        query = sa.text(_summary_sql(timeframe, is_postgres(conn))).bindparams(
+            sa.bindparam("start", type_=MoscowDateTime()), sa.bindparam("end", type_=MoscowDateTime())
+        )
+        rows = conn.execute(
+            query,
+            {"secid": key.secid, "board": key.board, "timeframe": timeframe.name, "start": start, "end": end},
+        ).all()
+    return [
+        DaySummary(
+            day=day if isinstance(day, dt.date) else dt.date.fromisoformat(day),
+            candles=int(candles),
+            duplicate_begins=int(duplicates),
+            bad_ohlc=int(bad),
+            off_grid=int(off_grid),
+        )
+        for day, candles, duplicates, bad, off_grid in rows
+    ]
 
 
 def count_candles(engine: sa.Engine, key: SecurityKey | None = None, timeframe: str | None = None) -> int:
