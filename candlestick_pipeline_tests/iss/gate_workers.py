@@ -5,7 +5,7 @@ budget of ISS requests in flight, forks WORKERS processes, and has each fetch fi
 once through a client that may itself send 4 requests at once. Prints the candles each fetched, as
 JSON. With ``turns``, each worker instead starts "a run" in its turn (``start_up_in_turn``): 0.2 s
 of start-up, then its requests; the first worker fails during its start-up, before any request.
-Prints each worker's (turn taken, first request sent, failed) as JSON. A process of its own,
+Prints each worker's (turn taken, first request sent, done, failed) as JSON. A process of its own,
 because forking the test process (with the threads earlier tests left behind) can deadlock the
 children.
 """
@@ -32,7 +32,7 @@ def _fetch_five_days(base_url: str) -> int:
         return sum(fetch.frame.height for fetch in fetches)
 
 
-def _start_up_in_turn(base_url: str, worker: int) -> tuple[float, float | None, bool]:
+def _start_up_in_turn(base_url: str, worker: int) -> tuple[float, float | None, float, bool]:
     first_request: float | None = None
     try:
         with gate.start_up_in_turn():
@@ -43,8 +43,8 @@ def _start_up_in_turn(base_url: str, worker: int) -> tuple[float, float | None, 
             first_request = time.monotonic()
             _fetch_five_days(base_url)
     except RuntimeError:
-        return taken, None, True
-    return taken, first_request, False
+        return taken, None, time.monotonic(), True
+    return taken, first_request, time.monotonic(), False
 
 
 def main(argv: list[str]) -> None:
