@@ -128,7 +128,7 @@ def final_after_minutes() -> int:
 
 
 def fetch_span_max() -> int | None:
-    """An upper bound on the partitions one ISS candle request stream covers (unset: per grain)."""
+    """The most partitions one ISS candle query covers (unset: all the adjacent ones of a run)."""
     raw = os.environ.get("CANDLESTICK_FETCH_SPAN_MAX")
     return _int_env("CANDLESTICK_FETCH_SPAN_MAX", 1, minimum=1) if raw else None
 

@@ -608,3 +608,96 @@ def test_get_candles_many_first_error_cancels_the_rest() -> None:
 def test_get_candles_many_of_nothing() -> None:
     with _client(_ok) as client:
         assert client.get_candles_many([]) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Streams: pages at interleaved offsets, handed out in order
+
+
+class _ConcurrentPagedISS(_PagedISS):
+    """``_PagedISS`` that answers slowly, in any order, and records the most requests in flight."""
+
+    def __init__(self, rows: list[list[Any]], page_size: int = 500, delay: float = 0.02) -> None:
+        super().__init__(rows, page_size)
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.in_flight = self.max_in_flight = 0
+        self.rng = random.Random(3)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            pause = self.delay * self.rng.random()
+        time.sleep(pause)
+        try:
+            return super().__call__(request)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def _days_of_bars(first: D, days: int, per_day: int) -> list[list[Any]]:
+    return [row for i in range(days) for row in _bars(first + dt.timedelta(days=i), per_day)]
+
+
+@pytest.mark.parametrize("page_size", [500, 120, 700])
+def test_a_stream_pages_side_by_side_and_hands_the_rows_out_in_order(page_size: int) -> None:
+    rows = _days_of_bars(D(2024, 3, 1), 10, 300)  # 3,000 rows
+    iss = _ConcurrentPagedISS(rows, page_size=page_size)
+    with _client(iss, max_concurrency=4) as client:
+        stream = client.stream_candles(SBER, 1, D(2024, 3, 1), D(2024, 3, 10))
+        frames = list(stream)
+        stats = client.stats
+    begins = [b for frame in frames for b in frame["begin"].to_list()]
+    assert len(begins) == len(set(begins)) == 3000 and begins == sorted(begins)
+    assert 1 < iss.max_in_flight <= 4
+    assert stream.pages == stream.requests == stats.requests == len(iss.requests)
+    if page_size == 500:
+        # The data's 6 pages at 0, 500, ... 2500, the empty one at 3000, and what was in flight then.
+        starts = sorted(int(r.url.params["start"]) for r in iss.requests)
+        assert starts[:7] == [500 * i for i in range(7)] and len(starts) <= 7 + 3
+
+
+def test_a_failed_page_ends_the_stream_and_sends_nothing_more() -> None:
+    rows = _days_of_bars(D(2024, 3, 1), 10, 300)
+    paged = _ConcurrentPagedISS(rows)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params["start"] == "1000":
+            return httpx.Response(404, text="gone")
+        return paged(request)
+
+    with _client(handler, max_concurrency=2) as client:
+        with pytest.raises(ISSResponseError, match="HTTP 404"):
+            for _ in client.stream_candles(SBER, 1, D(2024, 3, 1), D(2024, 3, 10)):
+                pass
+        sent = client.stats.requests
+        time.sleep(0.1)
+        assert client.stats.requests == sent
+    # Page 1500 may have been in flight beside 1000; nothing after it.
+    assert {int(r.url.params["start"]) for r in paged.requests} <= {0, 500, 1500}
+
+
+def test_leaving_a_stream_early_sends_nothing_more() -> None:
+    iss = _ConcurrentPagedISS(_days_of_bars(D(2024, 3, 1), 10, 300))
+    with _client(iss, max_concurrency=2) as client:
+        stream = client.stream_candles(SBER, 1, D(2024, 3, 1), D(2024, 3, 10))
+        for _ in stream:
+            break
+        sent = len(iss.requests)
+        assert sent <= 4
+        time.sleep(0.1)
+        assert len(iss.requests) == sent
+
+
+def test_a_stream_is_iterated_once_and_checks_its_arguments() -> None:
+    with _client(_PagedISS([])) as client:
+        stream = client.stream_candles(SBER, 1, D(2024, 3, 1), D(2024, 3, 1))
+        assert list(stream) == [] and stream.pages == 1
+        with pytest.raises(RuntimeError, match="only once"):
+            list(stream)
+        with pytest.raises(ValueError, match="width"):
+            client.stream_candles(SBER, 1, D(2024, 3, 1), D(2024, 3, 1), width=0)
+        with pytest.raises(ValueError, match="interval"):
+            client.stream_candles(SBER, 2, D(2024, 3, 1), D(2024, 3, 1))

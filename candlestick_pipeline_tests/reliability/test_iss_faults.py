@@ -14,12 +14,11 @@ import dagster as dg
 import pytest
 
 from candlestick_pipeline.config import run_retries
-from candlestick_pipeline.defs.candles import loading
 from candlestick_pipeline.defs.candles.partitions import multi_key
 from candlestick_pipeline.defs.candles.status import LoadState, partition_states
 from candlestick_pipeline.lib import warehouse
 from candlestick_pipeline.lib.securities import SecurityInfo
-from candlestick_pipeline.lib.timeframes import TIMEFRAMES, Grain
+from candlestick_pipeline.lib.timeframes import TIMEFRAMES
 from candlestick_pipeline.standin.server import FAULT_KINDS, ISSStandIn
 from candlestick_pipeline_tests.reliability.conftest import (
     ASSETS,
@@ -241,9 +240,9 @@ def test_iss_going_down_mid_range_leaves_every_day_whole_and_a_rerun_completes(
         return rows
 
     monkeypatch.setattr(warehouse, "replace_candles_many", replace_then_iss_dies)
-    # One partition per fetch span (as in a range longer than a span), one fetch at a time (two
-    # queued), so the partitions after the third are never fetched.
-    monkeypatch.setitem(loading._MAX_SPAN, Grain.DAY, 1)
+    # One partition per ISS query, one request at a time, so the partitions after the second are
+    # never fetched.
+    monkeypatch.setenv("CANDLESTICK_FETCH_SPAN_MAX", "1")
     res = resources(standin, warehouse_dsn, max_concurrency=1, max_attempts=2)
     failed = dg.materialize(
         [ASSETS["candles_1m"]],

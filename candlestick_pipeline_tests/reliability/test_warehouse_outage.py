@@ -119,7 +119,7 @@ def test_sessions_killed_between_writes_are_replaced_without_the_run_noticing(
     """Every warehouse session is killed while no write is open: the pool reconnects (pre-ping)."""
     res, tags = _setup(instance, standin, pg_dsn)
     dbname = str(sa.make_url(pg_dsn).database)
-    original = warehouse.replace_candles
+    original = warehouse.replace_candles_many
     calls: list[int] = []
 
     def kill_sessions_then_replace(*args: Any, **kwargs: Any) -> int:
@@ -128,9 +128,10 @@ def test_sessions_killed_between_writes_are_replaced_without_the_run_noticing(
             _admin(_terminate(dbname))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(warehouse, "replace_candles", kill_sessions_then_replace)
+    monkeypatch.setattr(warehouse, "replace_candles_many", kill_sessions_then_replace)
     result = dg.materialize([ASSETS["candles_1m"]], instance=instance, resources=res, tags=tags)
     assert result.success and _retried_errors(result) == []
+    assert len(calls) == len(WEEK)  # one write a day, the sessions killed before the third
     assert _states(pg_dsn, standin) == ["new"] * len(WEEK)
 
 

@@ -1,26 +1,24 @@
-"""Fetch candle partitions from ISS and replace them in the warehouse, a span of partitions at a time.
+"""Fetch candle partitions from ISS and replace them in the warehouse while the pages arrive.
 
-The asset hands this module the partitions of its run. Adjacent partitions are grouped into *fetch
-spans*: one ISS stream (``from`` = the span's first day, ``till`` = its last) pages straight through
-them, and the candles are split back into partitions by ``begin``. Paging each day on its own costs
-a partial page plus an empty closing page per day: for 1-minute candles (about 1,000 a day) that is
-3 requests where a stream needs about 2 (docs/benchmarks.md, B1). Spans are sized so that there are
-at least as many as ISS concurrency allows, in multiples of it, so the fetches stay balanced; and a
-span is capped (``_MAX_SPAN``), so memory stays flat in the length of the range.
+The asset hands this module the partitions of its run. Adjacent partitions form one *fetch span*:
+ONE ISS query (``from`` = the span's first day, ``till`` = its last) that ISS pages by row offset.
+The client keeps up to ISS concurrency of its pages in flight at interleaved offsets and hands them
+back in order (``defs/iss/paging.py``), so the rows arrive in ``begin`` order while they are being
+fetched. A partition is complete once a row of a later partition has arrived, or the query has
+ended; complete partitions are written in batches of about ``_WRITE_BATCH_ROWS`` candles, each
+batch in ONE transaction, in partition order. So the writes overlap the fetching, a run's end
+waits only for its last batch, and memory holds a batch, not the range.
 
-Spans are fetched concurrently (bounded by the ISS client's own limit). Each span is written in ONE
-transaction as soon as its fetch is done, so a failure loses at most the spans in flight (they are
-simply not written; every partition that was written is complete).
+A failure stops the run with a prefix of its partitions written, each of them complete, and the rest
+untouched (the batch being written is rolled back whole). ``CANDLESTICK_FETCH_SPAN_MAX`` caps the
+partitions of one query (1 = a query per partition, fetched and written one after another).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
-import math
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
@@ -28,20 +26,22 @@ import sqlalchemy as sa
 
 from candlestick_pipeline.config import fetch_span_max
 from candlestick_pipeline.defs.candles.partitions import CandlePartition
-from candlestick_pipeline.defs.iss.client import CandleFetch, ISSClient
+from candlestick_pipeline.defs.iss.client import CandleStream, ISSClient
+from candlestick_pipeline.defs.iss.errors import ISSResponseError
 from candlestick_pipeline.lib import warehouse
+from candlestick_pipeline.lib.frames import empty_candles
 from candlestick_pipeline.lib.securities import SecurityInfo
-from candlestick_pipeline.lib.timeframes import MOSCOW, Grain, Timeframe, window_to_iss_dates
+from candlestick_pipeline.lib.timeframes import MOSCOW, Timeframe, window_to_iss_dates
 
-# The longest span, in partitions: about 60 pages of 1-minute candles, 75 of 10-minute candles,
-# a dozen of hourly ones, a few of the rest. Longer spans would only hold more rows in memory.
-# CANDLESTICK_FETCH_SPAN_MAX lowers it (1 = a request stream per partition).
-_MAX_SPAN = {Grain.DAY: 31, Grain.MONTH: 12, Grain.YEAR: 10}
+# Complete partitions are written once they hold this many candles (about five days of 1-minute
+# candles): fewer, larger transactions cost less, but what is left at the query's end is written
+# after its last page (docs/benchmarks.md, session 7).
+_WRITE_BATCH_ROWS = 5_000
 
 
 @dataclass(frozen=True)
 class FetchSpan:
-    """Adjacent partitions of one security that are fetched as one ISS stream."""
+    """Adjacent partitions of one security that are fetched as one ISS query."""
 
     partitions: tuple[CandlePartition, ...]
 
@@ -102,72 +102,134 @@ def is_final(partition: CandlePartition, loaded_at: dt.datetime, final_after: dt
     return loaded_at >= partition.end + final_after
 
 
-def plan_spans(
-    partitions: Sequence[CandlePartition], timeframe: Timeframe, concurrency: int
-) -> list[FetchSpan]:
-    """Group partitions (sorted by start) into fetch spans.
-
-    Only adjacent partitions of the same security share a span. Each contiguous run of N partitions
-    is cut into S nearly equal spans: S is the smallest multiple of ``concurrency`` that keeps every
-    span within ``_MAX_SPAN``, and at most N.
-    """
-    cap = min(_MAX_SPAN[timeframe.grain], fetch_span_max() or _MAX_SPAN[timeframe.grain])
+def plan_spans(partitions: Sequence[CandlePartition]) -> list[FetchSpan]:
+    """Group partitions (sorted by start) into fetch spans: each run of adjacent partitions of one
+    security, cut every ``CANDLESTICK_FETCH_SPAN_MAX`` partitions when that is set."""
+    cap = fetch_span_max()
     groups: list[list[CandlePartition]] = []
     for part in partitions:
         last = groups[-1][-1] if groups else None
-        if last is not None and last.security == part.security and last.end == part.start:
+        adjacent = last is not None and last.security == part.security and last.end == part.start
+        if adjacent and (cap is None or len(groups[-1]) < cap):
             groups[-1].append(part)
         else:
             groups.append([part])
-    spans: list[FetchSpan] = []
-    width = max(1, concurrency)
-    for group in groups:
-        count = min(len(group), width * math.ceil(math.ceil(len(group) / cap) / width))
-        size, extra = divmod(len(group), count)
-        at = 0
-        for index in range(count):
-            length = size + (1 if index < extra else 0)
-            spans.append(FetchSpan(tuple(group[at : at + length])))
-            at += length
-    return spans
+    return [FetchSpan(tuple(group)) for group in groups]
 
 
-def _fetch(client: ISSClient, info: SecurityInfo, timeframe: Timeframe, span: FetchSpan) -> CandleFetch:
-    date_from, date_till = window_to_iss_dates(span.start, span.end)
-    return client.get_candles(info, timeframe.iss_interval, date_from, date_till)
+@dataclass(frozen=True)
+class _Written:
+    """One partition as written: its rows, first and last begin, and whether it was final."""
+
+    partition: CandlePartition
+    rows: int
+    first_begin: dt.datetime | None
+    last_begin: dt.datetime | None
+    final: bool
 
 
-def fetch_spans_in_order(
-    client: ISSClient,
-    info: SecurityInfo,
-    timeframe: Timeframe,
-    spans: Sequence[FetchSpan],
-    concurrency: int,
-) -> Iterator[tuple[FetchSpan, CandleFetch]]:
-    """Yield fetched spans in order while up to ``2 x concurrency`` fetches are in flight."""
-    in_flight: deque[tuple[FetchSpan, Future[CandleFetch]]] = deque()
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="iss-fetch") as pool:
-        try:
-            for span in spans:
-                in_flight.append((span, pool.submit(_fetch, client, info, timeframe, span)))
-                if len(in_flight) >= 2 * concurrency:
-                    done_span, future = in_flight.popleft()
-                    yield done_span, future.result()
-            while in_flight:
-                done_span, future = in_flight.popleft()
-                yield done_span, future.result()
-        finally:
-            # On an error (or an abandoned generator) nothing more is started.
-            for _, future in in_flight:
-                future.cancel()
+class _Batches:
+    """The span's rows as they arrive, cut into batches of complete partitions (in order)."""
+
+    def __init__(self, span: FetchSpan) -> None:
+        self._partitions = span.partitions
+        self._next = 0  # the first partition not handed out yet
+        self._frames: list[pl.DataFrame] = []
+        self._rows = 0
+        self._last_begin: dt.datetime | None = None
+
+    def add(self, frame: pl.DataFrame) -> tuple[tuple[CandlePartition, ...], pl.DataFrame] | None:
+        """Take a page's rows; a batch of complete partitions when enough rows are complete."""
+        begins = frame.get_column("begin")
+        first: dt.datetime = begins.min()  # type: ignore[assignment]
+        if self._next > 0 and first < self._partitions[self._next - 1].end_naive:
+            done = self._partitions[self._next - 1]
+            raise ISSResponseError(
+                f"ISS sent a candle beginning {first} after the rows up to {done.end_naive} had all "
+                "come (pages out of begin order); what was written is complete as of then, rerun to reload"
+            )
+        self._frames.append(frame)
+        self._rows += frame.height
+        last: dt.datetime = begins.max()  # type: ignore[assignment]
+        self._last_begin = last if self._last_begin is None else max(self._last_begin, last)
+        if self._rows < _WRITE_BATCH_ROWS:
+            return None
+        complete = self._next
+        while complete < len(self._partitions) and self._partitions[complete].end_naive <= self._last_begin:
+            complete += 1
+        return self._cut(complete) if complete > self._next else None
+
+    def rest(self) -> tuple[tuple[CandlePartition, ...], pl.DataFrame] | None:
+        """Every partition not handed out yet (the query has ended, so they are complete)."""
+        return self._cut(len(self._partitions)) if self._next < len(self._partitions) else None
+
+    def _cut(self, stop: int) -> tuple[tuple[CandlePartition, ...], pl.DataFrame]:
+        parts = self._partitions[self._next : stop]
+        combined = pl.concat(self._frames) if self._frames else empty_candles()
+        # Offsets can shift between pages while ISS appends bars; the later copy is the fresher one.
+        combined = combined.unique(subset=["begin"], keep="last", maintain_order=True).sort("begin")
+        boundary = parts[-1].end_naive
+        cut = int(combined.get_column("begin").search_sorted(boundary, side="left"))
+        rest = combined.slice(cut)
+        self._frames = [rest] if rest.height else []
+        self._rows = rest.height
+        self._next = stop
+        return parts, combined.slice(0, cut)
 
 
-def _split(frame: pl.DataFrame, span: FetchSpan) -> list[pl.DataFrame]:
-    """The span's candles (sorted by ``begin``) cut at the partitions' boundaries."""
+def _split(frame: pl.DataFrame, parts: Sequence[CandlePartition]) -> list[pl.DataFrame]:
+    """The batch's candles (sorted by ``begin``) cut at the partitions' boundaries."""
     begins = frame.get_column("begin")
-    bounds = [part.start_naive for part in span.partitions[1:]]
+    bounds = [part.start_naive for part in parts[1:]]
     cuts = [0, *(int(begins.search_sorted(bound, side="left")) for bound in bounds), frame.height]
     return [frame.slice(lo, hi - lo) for lo, hi in itertools.pairwise(cuts)]
+
+
+def _write_batch(
+    engine: sa.Engine,
+    timeframe: Timeframe,
+    parts: Sequence[CandlePartition],
+    frame: pl.DataFrame,
+    loaded_at: dt.datetime,
+    final_after: dt.timedelta,
+) -> Iterator[_Written]:
+    windows = [(part.start_naive, part.end_naive) for part in parts]
+    warehouse.replace_candles_many(engine, parts[0].security, timeframe.name, windows, frame)
+    for part, rows in zip(parts, _split(frame, parts), strict=True):
+        begins = rows.get_column("begin") if rows.height else None
+        yield _Written(
+            partition=part,
+            rows=rows.height,
+            first_begin=begins.min() if begins is not None else None,  # type: ignore[arg-type]
+            last_begin=begins.max() if begins is not None else None,  # type: ignore[arg-type]
+            final=is_final(part, loaded_at, final_after),
+        )
+
+
+def _load_span(
+    client: ISSClient,
+    engine: sa.Engine,
+    info: SecurityInfo,
+    timeframe: Timeframe,
+    span: FetchSpan,
+    *,
+    width: int,
+    final_after: dt.timedelta,
+    now: Callable[[], dt.datetime],
+) -> tuple[CandleStream, list[_Written]]:
+    date_from, date_till = window_to_iss_dates(span.start, span.end)
+    stream = client.stream_candles(info, timeframe.iss_interval, date_from, date_till, width=width)
+    batches = _Batches(span)
+    written: list[_Written] = []
+    for frame in stream:
+        batch = batches.add(frame) if frame.height else None
+        if batch is not None:
+            # ISS's clock (its Date header) decides whether a period had closed; ours only without it.
+            written.extend(_write_batch(engine, timeframe, *batch, stream.server_time or now(), final_after))
+    batch = batches.rest()
+    if batch is not None:
+        written.extend(_write_batch(engine, timeframe, *batch, stream.server_time or now(), final_after))
+    return stream, written
 
 
 def load_partitions(
@@ -182,28 +244,27 @@ def load_partitions(
     on_loaded: Callable[[PartitionLoad], None] | None = None,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(MOSCOW),
 ) -> list[PartitionLoad]:
-    """Fetch every partition and replace it in the warehouse; return one record per partition."""
-    width = max(1, concurrency)
-    spans = plan_spans(partitions, timeframe, width)
+    """Fetch every partition and replace it in the warehouse; return one record per partition.
+
+    The records (and ``on_loaded``) of a span come when its query has ended, because they carry its
+    page and request counts; its partitions are written before that, as they complete.
+    """
     loads: list[PartitionLoad] = []
-    for span, fetched in fetch_spans_in_order(client, info, timeframe, spans, width):
-        frame = fetched.frame
-        windows = [(part.start_naive, part.end_naive) for part in span.partitions]
-        warehouse.replace_candles_many(engine, span.partitions[0].security, timeframe.name, windows, frame)
-        # ISS's clock (its Date header) decides; ours only when ISS sent none.
-        loaded_at = fetched.server_time or now()
-        for part, rows in zip(span.partitions, _split(frame, span), strict=True):
-            begins = rows.get_column("begin") if rows.height else None
+    for span in plan_spans(partitions):
+        stream, written = _load_span(
+            client, engine, info, timeframe, span, width=max(1, concurrency), final_after=final_after, now=now
+        )
+        for item in written:
             load = PartitionLoad(
-                partition=part,
-                rows=rows.height,
-                first_begin=begins.min() if begins is not None else None,  # type: ignore[arg-type]
-                last_begin=begins.max() if begins is not None else None,  # type: ignore[arg-type]
+                partition=item.partition,
+                rows=item.rows,
+                first_begin=item.first_begin,
+                last_begin=item.last_begin,
                 fetch=span.describe(),
-                pages=fetched.pages,
-                requests=fetched.requests,
-                retries=fetched.retries,
-                final=is_final(part, loaded_at, final_after),
+                pages=stream.pages,
+                requests=stream.requests,
+                retries=stream.retries,
+                final=item.final,
             )
             loads.append(load)
             if on_loaded is not None:

@@ -24,11 +24,11 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, overload
 from urllib.parse import quote
 
 import httpx
@@ -41,7 +41,9 @@ from candlestick_pipeline.defs.iss.errors import (
     UnknownSecurityError,
 )
 from candlestick_pipeline.defs.iss.gate import request_slot
+from candlestick_pipeline.defs.iss.paging import OffsetPager
 from candlestick_pipeline.defs.iss.parse import (
+    CandlePage,
     find_error,
     parse_borders,
     parse_candle_page,
@@ -143,6 +145,15 @@ class _RetryableError(Exception):
 
 class _CancelledError(Exception):
     """A sibling fetch of ``get_candles_many`` failed; this one stops between pages."""
+
+
+@dataclass(frozen=True)
+class _PageAnswer:
+    """One parsed candle page, the URL it came from and what getting it took."""
+
+    page: CandlePage
+    url: str
+    tally: _Tally
 
 
 class ISSClient:
@@ -316,6 +327,29 @@ class ISSClient:
                 raise
         return [future.result() for future in futures]
 
+    def stream_candles(
+        self,
+        security: SecurityInfo,
+        interval: int,
+        date_from: dt.date,
+        date_till: dt.date,
+        *,
+        width: int | None = None,
+    ) -> CandleStream:
+        """The candles of a window as an iterator of page frames in ``begin`` order, while they arrive.
+
+        Up to ``width`` pages (default: this client's ``max_concurrency``) are requested at once, at
+        interleaved ``start`` offsets (``paging.py``); each frame is one page's rows inside the
+        window, handed out only when every page before it has been. Duplicates that shifting offsets
+        bring are left in (de-duplicate on ``begin``, keeping the last). Iterate the stream once; its
+        ``pages``, ``requests``, ``retries``, ``rows_outside_window`` and ``server_time`` count as it
+        goes. Leaving the iteration early stops the requests not yet sent.
+        """
+        _check_window(interval, date_from, date_till)
+        chosen = self._max_concurrency if width is None else width
+        _require(chosen >= 1, f"width must be at least 1, got {chosen}")
+        return CandleStream(self, security, interval, date_from, date_till, width=chosen)
+
     def server_time(self) -> dt.datetime | None:
         """ISS's clock: the ``Date`` header of a small request (any status), or ``None``.
 
@@ -359,62 +393,67 @@ class ISSClient:
         date_till: dt.date,
         cancel: threading.Event | None,
     ) -> CandleFetch:
-        path = _board_path(security, "candles.json")
-        tally = _Tally()
-        frames: list[pl.DataFrame] = []
-        pages = outside = start = 0
-        previous: pl.DataFrame | None = None
-        while True:
-            if cancel is not None and cancel.is_set():
-                raise _CancelledError()
-            params = {
-                "from": date_from.isoformat(),
-                "till": date_till.isoformat(),
-                "interval": str(interval),
-                "start": str(start),
-                "iss.meta": "off",
-                "iss.only": "candles",
-            }
-            payload, url = self._get_json(path, params, tally)
-            try:
-                page = parse_candle_page(payload, date_from=date_from, date_till=date_till)
-            except ISSResponseError as exc:
-                raise exc.with_url(url) from None
-            pages += 1
-            if page.rows_received == 0:
-                break
-            if previous is not None and not page.frame.is_empty() and page.frame.equals(previous):
-                raise ISSResponseError(
-                    f"ISS sent the same page again for start={start}; it ignores 'start'", url
-                )
-            if pages >= _MAX_PAGES:
-                raise ISSResponseError(f"more than {_MAX_PAGES} pages; giving up", url)
-            previous = page.frame
-            frames.append(page.frame)
-            outside += page.rows_outside_window
-            start += page.rows_received
+        stream = CandleStream(self, security, interval, date_from, date_till, width=1, cancel=cancel)
+        frames = list(stream)
         combined = pl.concat(frames) if frames else empty_candles()
         # Offsets can shift between pages while ISS appends bars; the later copy is the fresher one.
         unique = combined.unique(subset=["begin"], keep="last", maintain_order=True).sort("begin")
         return CandleFetch(
             frame=unique,
-            pages=pages,
-            requests=tally.requests,
-            retries=tally.retries,
+            pages=stream.pages,
+            requests=stream.requests,
+            retries=stream.retries,
             duplicates_dropped=combined.height - unique.height,
-            rows_outside_window=outside,
-            server_time=tally.server_time,
+            rows_outside_window=stream.rows_outside_window,
+            server_time=stream.server_time,
         )
 
-    def _get_json(self, path: str, params: dict[str, str], tally: _Tally) -> tuple[Any, str]:
-        """GET ``path`` with retries; the decoded JSON payload and the URL it came from."""
+    def _candle_page(
+        self,
+        path: str,
+        params: dict[str, str],
+        window: tuple[dt.date, dt.date],
+        send: Callable[[], bool],
+        tally: _Tally,
+    ) -> _PageAnswer | None:
+        """One page of a candle query, parsed; ``None`` when ``send()`` said it was no longer wanted."""
+        date_from, date_till = window
+        answer = self._get_json(path, params, tally, send)
+        if answer is None:
+            return None
+        payload, url = answer
+        try:
+            page = parse_candle_page(payload, date_from=date_from, date_till=date_till)
+        except ISSResponseError as exc:
+            raise exc.with_url(url) from None
+        return _PageAnswer(page, url, tally)
+
+    @overload
+    def _get_json(self, path: str, params: dict[str, str], tally: _Tally) -> tuple[Any, str]: ...
+
+    @overload
+    def _get_json(
+        self, path: str, params: dict[str, str], tally: _Tally, send: Callable[[], bool]
+    ) -> tuple[Any, str] | None: ...
+
+    def _get_json(
+        self, path: str, params: dict[str, str], tally: _Tally, send: Callable[[], bool] | None = None
+    ) -> tuple[Any, str] | None:
+        """GET ``path`` with retries; the decoded JSON payload and the URL it came from.
+
+        ``send`` is asked once a request slot is held for the first attempt: a speculative page whose
+        query has ended meanwhile is then not sent at all (``None``). A request once sent is retried
+        to the end, so every failed attempt costs exactly one retry.
+        """
         url = f"{self._base_url}{path}"
         full_url = str(httpx.URL(url, params=params))
         for attempt in range(1, self._max_attempts + 1):
-            tally.requests += 1
-            self._counters.add(requests=1)
             try:
                 with self._semaphore, request_slot():
+                    if attempt == 1 and send is not None and not send():
+                        return None
+                    tally.requests += 1
+                    self._counters.add(requests=1)
                     response = self._http.get(url, params=params)
                 payload = _decode(response)
                 tally.server_time = _server_time(response) or tally.server_time
@@ -451,6 +490,177 @@ class ISSClient:
         if retry_after is not None:
             delay = max(delay, min(retry_after, self._retry_after_max))
         return delay
+
+
+# The most candles a day can hold, by ISS interval: bounds how far a stream requests ahead.
+_MOST_PER_DAY = {1: 24 * 60, 10: 24 * 6, 60: 24}
+
+
+def _row_bound(interval: int, date_from: dt.date, date_till: dt.date) -> int:
+    # +1: a week, month or quarter bar that begins before ``from`` can come too.
+    return ((date_till - date_from).days + 1) * _MOST_PER_DAY.get(interval, 1) + 1
+
+
+class CandleStream:
+    """The pages of one candle query, in order, up to ``width`` of them requested at once.
+
+    Made by :meth:`ISSClient.stream_candles`. Iterating yields each page's frame (rows inside the
+    window, in ISS order) once every page before it has been yielded; the counters grow as it goes.
+    An error (after the client's retries) is raised from the iteration, and stops every request of
+    the stream that has not been sent.
+    """
+
+    def __init__(
+        self,
+        client: ISSClient,
+        security: SecurityInfo,
+        interval: int,
+        date_from: dt.date,
+        date_till: dt.date,
+        *,
+        width: int,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self._client = client
+        self._path = _board_path(security, "candles.json")
+        self._interval = interval
+        self._date_from = date_from
+        self._date_till = date_till
+        self._width = width
+        # ``cancel`` is the caller's (shared by sibling streams); ``_stop`` is this stream's own.
+        self._cancel = cancel if cancel is not None else threading.Event()
+        self._stop = threading.Event()
+        self._started = False
+        self.pages = 0
+        self.rows_outside_window = 0
+        # One per page requested, filled by the thread that requests it (read once it is done).
+        self._tallies: list[_Tally] = []
+        self.server_time: dt.datetime | None = None
+
+    def _params(self, start: int) -> dict[str, str]:
+        return {
+            "from": self._date_from.isoformat(),
+            "till": self._date_till.isoformat(),
+            "interval": str(self._interval),
+            "start": str(start),
+            "iss.meta": "off",
+            "iss.only": "candles",
+        }
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent so far (retries included)."""
+        return sum(tally.requests for tally in self._tallies)
+
+    @property
+    def retries(self) -> int:
+        """Retries made so far."""
+        return sum(tally.retries for tally in self._tallies)
+
+    def _page(self, pager: OffsetPager, start: int, tally: _Tally) -> _PageAnswer | None:
+        def send() -> bool:
+            return not (self._stop.is_set() or self._cancel.is_set()) and pager.wanted(start)
+
+        window = (self._date_from, self._date_till)
+        return self._client._candle_page(self._path, self._params(start), window, send, tally)
+
+    def _count(self, answer: _PageAnswer) -> None:
+        self.pages += 1
+        self.rows_outside_window += answer.page.rows_outside_window
+        self.server_time = answer.tally.server_time or self.server_time
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        if self._started:
+            raise RuntimeError("a CandleStream can be iterated only once")
+        self._started = True
+        pager = OffsetPager(
+            self._width, row_bound=_row_bound(self._interval, self._date_from, self._date_till)
+        )
+        if self._width == 1:
+            yield from self._drive(pager, None)
+            return
+        with ThreadPoolExecutor(max_workers=self._width, thread_name_prefix="iss-page") as pool:
+            yield from self._drive(pager, pool)
+
+    def _submit(
+        self, pool: ThreadPoolExecutor | None, pager: OffsetPager, start: int
+    ) -> Future[_PageAnswer | None]:
+        tally = _Tally()
+        self._tallies.append(tally)
+        if pool is not None:
+            return pool.submit(self._page, pager, start, tally)
+        # One page at a time needs no thread: the answer is there before the next one is asked for.
+        future: Future[_PageAnswer | None] = Future()
+        try:
+            future.set_result(self._page(pager, start, tally))
+        except Exception as exc:  # re-raised by future.result(), as from the pool
+            future.set_exception(exc)
+        return future
+
+    def _drive(self, pager: OffsetPager, pool: ThreadPoolExecutor | None) -> Iterator[pl.DataFrame]:
+        answers: dict[int, _PageAnswer] = {}
+        pending: dict[Future[_PageAnswer | None], int] = {}
+        previous: pl.DataFrame | None = None
+        last_begin: dt.datetime | None = None
+        try:
+            while True:
+                for start, skip in pager.take():
+                    answer = answers.pop(start)
+                    frame = answer.page.frame
+                    if previous is not None and not frame.is_empty() and frame.equals(previous):
+                        raise ISSResponseError(
+                            f"ISS sent the same page again for start={start}; it ignores 'start'", answer.url
+                        )
+                    previous = frame
+                    if skip and last_begin is not None:
+                        # Pages overlap (larger than guessed): the rows up to the last one handed out.
+                        frame = frame.filter(pl.col("begin") > last_begin)
+                    if frame.height:
+                        last_begin = frame.get_column("begin").max()  # type: ignore[assignment]
+                        yield frame
+                for start in [s for s in answers if s + answers[s].page.rows_received <= pager.position]:
+                    del answers[start]
+                if pager.done:
+                    self._settle(pending)
+                    return
+                if self._cancel.is_set():
+                    raise _CancelledError()
+                for start in pager.next_requests():
+                    pending[self._submit(pool, pager, start)] = start
+                if not pending:  # pragma: no cover - the pager always asks for the next row
+                    raise AssertionError(f"candle paging stalled at start={pager.position}")
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=pending.__getitem__):
+                    start = pending.pop(future)
+                    arrived = future.result()
+                    if arrived is None:
+                        pager.dropped(start)
+                        continue
+                    self._count(arrived)
+                    if self.pages >= _MAX_PAGES:
+                        raise ISSResponseError(f"more than {_MAX_PAGES} pages; giving up", arrived.url)
+                    if arrived.page.rows_received:
+                        answers[start] = arrived
+                    pager.received(start, arrived.page.rows_received)
+        finally:
+            # On an error, or when the consumer stops early: send nothing more.
+            self._stop.set()
+            for future in pending:
+                future.cancel()
+
+    def _settle(self, pending: dict[Future[_PageAnswer | None], int]) -> None:
+        """Wait for the pages already sent beyond the end, so that every request is counted."""
+        self._stop.set()
+        for future in list(pending):
+            del pending[future]
+            if future.cancel():
+                continue
+            try:
+                answer = future.result()
+            except Exception:  # a page past the end: its requests are counted all the same
+                continue
+            if answer is not None:
+                self._count(answer)
 
 
 def _require(condition: bool, message: str) -> None:
