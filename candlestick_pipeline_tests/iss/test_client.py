@@ -654,9 +654,20 @@ def test_a_stream_pages_side_by_side_and_hands_the_rows_out_in_order(page_size: 
     assert 1 < iss.max_in_flight <= 4
     assert stream.pages == stream.requests == stats.requests == len(iss.requests)
     if page_size == 500:
-        # The data's 6 pages at 0, 500, ... 2500, the empty one at 3000, and what was in flight then.
+        # The data's 6 pages at 0, 500, ... 2500, the empty one at 3000, and those sent past the end
+        # before it showed (at most the other 3 in flight and the 4 waiting beside them).
         starts = sorted(int(r.url.params["start"]) for r in iss.requests)
-        assert starts[:7] == [500 * i for i in range(7)] and len(starts) <= 7 + 3
+        assert starts[:7] == [500 * i for i in range(7)] and len(starts) <= 7 + 2 * 4 - 1
+
+
+def test_a_stream_keeps_at_most_its_width_in_flight_with_as_many_again_ready() -> None:
+    iss = _ConcurrentPagedISS(_days_of_bars(D(2024, 3, 1), 10, 300), page_size=100)
+    with _client(iss, max_concurrency=8) as client:
+        stream = client.stream_candles(SBER, 1, D(2024, 3, 1), D(2024, 3, 10), width=2)
+        assert sum(frame.height for frame in stream) == 3000
+    assert iss.max_in_flight == 2
+    # 30 pages of data and the empty one; at most 2 x 2 - 1 sent past the end before it showed.
+    assert 31 <= len(iss.requests) <= 31 + 2 * 2 - 1
 
 
 def test_a_failed_page_ends_the_stream_and_sends_nothing_more() -> None:

@@ -188,9 +188,10 @@ def test_iss_down_for_good_fails_naming_iss_keeps_old_rows_and_a_rerun_completes
         f"{standin.base_url}/iss/engines/stock/markets/shares/boards/TQBR/securities/SBER/candles.json"
         in message
     )
-    # Bounded: per step attempt (1 + CANDLESTICK_RUN_RETRIES), each partition's first page is tried
-    # max_attempts (3) times, and the first give-up stops the others.
-    bound = len(week) * 3 * (1 + run_retries())
+    # Bounded: per step attempt (1 + CANDLESTICK_RUN_RETRIES), the query's first pages (as many as
+    # ISS concurrency, 4) are tried max_attempts (3) times at most, and the first give-up stops the
+    # others' retries.
+    bound = 4 * 3 * (1 + run_retries())
     assert 0 < standin.candle_requests() <= bound
     print(f"\nISS-DOWN candle requests={standin.candle_requests()} (bound {bound})")
     # Nothing of the failed run is marked loaded, and nothing it did reached the warehouse.
@@ -317,7 +318,8 @@ def test_a_board_iss_has_no_candles_for_ends_with_zero_rows_and_others_still_loa
     )
     assert odd_run.success and time.monotonic() - started < 10
     assert {m.metadata["rows"].value for m in odd_run.asset_materializations_for_node("candles_1m")} == {0}  # type: ignore[union-attr]
-    # One empty page per fetch span (5 days in 4 spans at ISS concurrency 4), and no loop.
+    # The run's one query: its first page and the three sent beside it (ISS concurrency 4), all
+    # empty; nothing more, and no loop.
     assert res["iss"].max_concurrency == 4  # type: ignore[attr-defined]
     assert standin.candle_requests(board="NOTABOARD") == 4
     assert dg.materialize(

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, overload
@@ -338,9 +339,10 @@ class ISSClient:
     ) -> CandleStream:
         """The candles of a window as an iterator of page frames in ``begin`` order, while they arrive.
 
-        Up to ``width`` pages (default: this client's ``max_concurrency``) are requested at once, at
-        interleaved ``start`` offsets (``paging.py``); each frame is one page's rows inside the
-        window, handed out only when every page before it has been. Duplicates that shifting offsets
+        Up to ``width`` pages (default: this client's ``max_concurrency``) are in flight at once, at
+        interleaved ``start`` offsets (``paging.py``), and as many more wait ready to take a slot
+        the moment one frees; each frame is one page's rows inside the window, handed out only when
+        every page before it has been. Duplicates that shifting offsets
         bring are left in (de-duplicate on ``begin``, keeping the last). Iterate the stream once; its
         ``pages``, ``requests``, ``retries``, ``rows_outside_window`` and ``server_time`` count as it
         goes. Leaving the iteration early stops the requests not yet sent.
@@ -413,12 +415,13 @@ class ISSClient:
         path: str,
         params: dict[str, str],
         window: tuple[dt.date, dt.date],
-        send: Callable[[], bool],
+        send: Callable[[int], bool],
+        slot: AbstractContextManager[Any],
         tally: _Tally,
     ) -> _PageAnswer | None:
-        """One page of a candle query, parsed; ``None`` when ``send()`` said it was no longer wanted."""
+        """One page of a candle query, parsed; ``None`` when ``send`` said it was no longer wanted."""
         date_from, date_till = window
-        answer = self._get_json(path, params, tally, send)
+        answer = self._get_json(path, params, tally, send, slot)
         if answer is None:
             return None
         payload, url = answer
@@ -433,24 +436,34 @@ class ISSClient:
 
     @overload
     def _get_json(
-        self, path: str, params: dict[str, str], tally: _Tally, send: Callable[[], bool]
+        self,
+        path: str,
+        params: dict[str, str],
+        tally: _Tally,
+        send: Callable[[int], bool],
+        slot: AbstractContextManager[Any],
     ) -> tuple[Any, str] | None: ...
 
     def _get_json(
-        self, path: str, params: dict[str, str], tally: _Tally, send: Callable[[], bool] | None = None
+        self,
+        path: str,
+        params: dict[str, str],
+        tally: _Tally,
+        send: Callable[[int], bool] | None = None,
+        slot: AbstractContextManager[Any] | None = None,
     ) -> tuple[Any, str] | None:
         """GET ``path`` with retries; the decoded JSON payload and the URL it came from.
 
-        ``send`` is asked once a request slot is held for the first attempt: a speculative page whose
-        query has ended meanwhile is then not sent at all (``None``). A request once sent is retried
-        to the end, so every failed attempt costs exactly one retry.
+        ``slot`` (a stream's own limit) is taken before this client's and the shared ones.
+        ``send(attempt)`` is asked once every slot is held: ``False`` drops the request (``None``),
+        e.g. a speculative page whose query ended meanwhile, or a retry of a stream that failed.
         """
         url = f"{self._base_url}{path}"
         full_url = str(httpx.URL(url, params=params))
         for attempt in range(1, self._max_attempts + 1):
             try:
-                with self._semaphore, request_slot():
-                    if attempt == 1 and send is not None and not send():
+                with slot or nullcontext(), self._semaphore, request_slot():
+                    if send is not None and not send(attempt):
                         return None
                     tally.requests += 1
                     self._counters.add(requests=1)
@@ -527,9 +540,18 @@ class CandleStream:
         self._date_from = date_from
         self._date_till = date_till
         self._width = width
-        # ``cancel`` is the caller's (shared by sibling streams); ``_stop`` is this stream's own.
+        # ``cancel`` is the caller's (shared by sibling streams). ``_stop``: send no new request (the
+        # query ended, failed or was left); ``_abort``: nor retry one (it failed or was left).
+        # A request of a query that ended normally is retried to its end, so that every failed
+        # attempt costs exactly one retry.
         self._cancel = cancel if cancel is not None else threading.Event()
         self._stop = threading.Event()
+        self._abort = threading.Event()
+        # At most ``width`` of this stream's requests are in flight; as many again wait, ready, so
+        # that a slot that frees is taken at once, not after the answer has been parsed and the
+        # next request planned (which kept the requests in lockstep rounds: 58.6 ms a page, not 54).
+        self._slots = threading.BoundedSemaphore(width)
+        self._lookahead = 1 if width == 1 else 2 * width
         self._started = False
         self.pages = 0
         self.rows_outside_window = 0
@@ -558,11 +580,13 @@ class CandleStream:
         return sum(tally.retries for tally in self._tallies)
 
     def _page(self, pager: OffsetPager, start: int, tally: _Tally) -> _PageAnswer | None:
-        def send() -> bool:
-            return not (self._stop.is_set() or self._cancel.is_set()) and pager.wanted(start)
+        def send(attempt: int) -> bool:
+            if self._abort.is_set() or self._cancel.is_set():
+                return False
+            return attempt > 1 or (not self._stop.is_set() and pager.wanted(start))
 
         window = (self._date_from, self._date_till)
-        return self._client._candle_page(self._path, self._params(start), window, send, tally)
+        return self._client._candle_page(self._path, self._params(start), window, send, self._slots, tally)
 
     def _count(self, answer: _PageAnswer) -> None:
         self.pages += 1
@@ -574,12 +598,12 @@ class CandleStream:
             raise RuntimeError("a CandleStream can be iterated only once")
         self._started = True
         pager = OffsetPager(
-            self._width, row_bound=_row_bound(self._interval, self._date_from, self._date_till)
+            self._lookahead, row_bound=_row_bound(self._interval, self._date_from, self._date_till)
         )
-        if self._width == 1:
+        if self._lookahead == 1:
             yield from self._drive(pager, None)
             return
-        with ThreadPoolExecutor(max_workers=self._width, thread_name_prefix="iss-page") as pool:
+        with ThreadPoolExecutor(max_workers=self._lookahead, thread_name_prefix="iss-page") as pool:
             yield from self._drive(pager, pool)
 
     def _submit(
@@ -625,7 +649,8 @@ class CandleStream:
                     return
                 if self._cancel.is_set():
                     raise _CancelledError()
-                for start in pager.next_requests():
+                # Until a page has come back, no more than the width: the window may be empty.
+                for start in pager.next_requests(self._width if self.pages == 0 else None):
                     pending[self._submit(pool, pager, start)] = start
                 if not pending:  # pragma: no cover - the pager always asks for the next row
                     raise AssertionError(f"candle paging stalled at start={pager.position}")
@@ -643,7 +668,8 @@ class CandleStream:
                         answers[start] = arrived
                     pager.received(start, arrived.page.rows_received)
         finally:
-            # On an error, or when the consumer stops early: send nothing more.
+            if pending:  # an error, or the consumer left early: send nothing more, retry nothing
+                self._abort.set()
             self._stop.set()
             for future in pending:
                 future.cancel()

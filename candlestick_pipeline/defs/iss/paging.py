@@ -101,10 +101,12 @@ class OffsetPager:
     # ---------------------------------------------------------------------------------------------
     # Driving
 
-    def next_requests(self) -> list[int]:
-        """Offsets to request now (each is then in flight until :meth:`received` or :meth:`dropped`)."""
+    def next_requests(self, limit: int | None = None) -> list[int]:
+        """Offsets to request now (each is then in flight until :meth:`received` or :meth:`dropped`),
+        keeping at most ``width`` (or ``limit``, if lower) in flight."""
+        most = self._width if limit is None else min(self._width, limit)
         offsets: list[int] = []
-        while not self._done and len(self._in_flight) < self._width:
+        while not self._done and len(self._in_flight) < most:
             offset = self._next_offset()
             if offset is None:
                 break
