@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -192,18 +192,23 @@ def _write_batch(
     frame: pl.DataFrame,
     loaded_at: dt.datetime,
     final_after: dt.timedelta,
-) -> Iterator[_Written]:
+) -> list[_Written]:
+    """Replace the batch's partitions in one transaction; what each of them now holds."""
     windows = [(part.start_naive, part.end_naive) for part in parts]
     warehouse.replace_candles_many(engine, parts[0].security, timeframe.name, windows, frame)
+    written = []
     for part, rows in zip(parts, _split(frame, parts), strict=True):
         begins = rows.get_column("begin") if rows.height else None
-        yield _Written(
-            partition=part,
-            rows=rows.height,
-            first_begin=begins.min() if begins is not None else None,  # type: ignore[arg-type]
-            last_begin=begins.max() if begins is not None else None,  # type: ignore[arg-type]
-            final=is_final(part, loaded_at, final_after),
+        written.append(
+            _Written(
+                partition=part,
+                rows=rows.height,
+                first_begin=begins.min() if begins is not None else None,  # type: ignore[arg-type]
+                last_begin=begins.max() if begins is not None else None,  # type: ignore[arg-type]
+                final=is_final(part, loaded_at, final_after),
+            )
         )
+    return written
 
 
 def _load_span(
