@@ -515,7 +515,7 @@ def _row_bound(interval: int, date_from: dt.date, date_till: dt.date) -> int:
 
 
 class CandleStream:
-    """The pages of one candle query, in order, up to ``width`` of them requested at once.
+    """The pages of one candle query, in order, up to ``width`` of them in flight at once.
 
     Made by :meth:`ISSClient.stream_candles`. Iterating yields each page's frame (rows inside the
     window, in ISS order) once every page before it has been yielded; the counters grow as it goes.
@@ -675,7 +675,11 @@ class CandleStream:
                 future.cancel()
 
     def _settle(self, pending: dict[Future[_PageAnswer | None], int]) -> None:
-        """Wait for the pages already sent beyond the end, so that every request is counted."""
+        """Wait for the pages already sent beyond the end, so that every request is counted.
+
+        They are retried like any other (every failed attempt costs exactly one retry), so if ISS
+        fails exactly there, the stream's end waits for them, within the client's retry budget.
+        """
         self._stop.set()
         for future in list(pending):
             del pending[future]

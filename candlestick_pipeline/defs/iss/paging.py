@@ -84,10 +84,6 @@ class OffsetPager:
         """The page size in use: the guess until the server showed another."""
         return self._stride
 
-    @property
-    def in_flight(self) -> frozenset[int]:
-        return frozenset(self._in_flight)
-
     def wanted(self, offset: int) -> bool:
         """Whether a request for ``offset`` still needs sending (checked just before it is sent).
 
