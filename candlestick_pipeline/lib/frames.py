@@ -26,6 +26,16 @@ def empty_candles() -> pl.DataFrame:
     return pl.DataFrame(schema=CANDLE_SCHEMA)
 
 
+def latest_per_begin(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """The candles of ``frames`` (in the order ISS sent them), one per ``begin``, sorted by it.
+
+    Offsets can shift between pages while ISS appends bars, so a bar can come twice; the later
+    copy is the fresher one and is kept.
+    """
+    combined = pl.concat(frames) if frames else empty_candles()
+    return combined.unique(subset=["begin"], keep="last", maintain_order=True).sort("begin")
+
+
 def conform(frame: pl.DataFrame) -> pl.DataFrame:
     """Select the candle columns in schema order and cast them; extra columns are dropped."""
     return frame.select([pl.col(name).cast(dtype) for name, dtype in CANDLE_SCHEMA.items()])

@@ -29,7 +29,7 @@ from candlestick_pipeline.defs.candles.partitions import CandlePartition
 from candlestick_pipeline.defs.iss.client import CandleStream, ISSClient
 from candlestick_pipeline.defs.iss.errors import ISSResponseError
 from candlestick_pipeline.lib import warehouse
-from candlestick_pipeline.lib.frames import empty_candles
+from candlestick_pipeline.lib.frames import latest_per_begin
 from candlestick_pipeline.lib.securities import SecurityInfo
 from candlestick_pipeline.lib.timeframes import MOSCOW, Timeframe, window_to_iss_dates
 
@@ -165,9 +165,7 @@ class _Batches:
 
     def _cut(self, stop: int) -> tuple[tuple[CandlePartition, ...], pl.DataFrame]:
         parts = self._partitions[self._next : stop]
-        combined = pl.concat(self._frames) if self._frames else empty_candles()
-        # Offsets can shift between pages while ISS appends bars; the later copy is the fresher one.
-        combined = combined.unique(subset=["begin"], keep="last", maintain_order=True).sort("begin")
+        combined = latest_per_begin(self._frames)
         boundary = parts[-1].end_naive
         cut = int(combined.get_column("begin").search_sorted(boundary, side="left"))
         rest = combined.slice(cut)

@@ -50,7 +50,7 @@ from candlestick_pipeline.defs.iss.parse import (
     parse_candle_page,
     parse_security,
 )
-from candlestick_pipeline.lib.frames import empty_candles
+from candlestick_pipeline.lib.frames import latest_per_begin
 from candlestick_pipeline.lib.securities import SecurityInfo, normalize_board, normalize_secid
 
 _log = logging.getLogger(__name__)
@@ -397,15 +397,13 @@ class ISSClient:
     ) -> CandleFetch:
         stream = CandleStream(self, security, interval, date_from, date_till, width=1, cancel=cancel)
         frames = list(stream)
-        combined = pl.concat(frames) if frames else empty_candles()
-        # Offsets can shift between pages while ISS appends bars; the later copy is the fresher one.
-        unique = combined.unique(subset=["begin"], keep="last", maintain_order=True).sort("begin")
+        unique = latest_per_begin(frames)
         return CandleFetch(
             frame=unique,
             pages=stream.pages,
             requests=stream.requests,
             retries=stream.retries,
-            duplicates_dropped=combined.height - unique.height,
+            duplicates_dropped=sum(frame.height for frame in frames) - unique.height,
             rows_outside_window=stream.rows_outside_window,
             server_time=stream.server_time,
         )
