@@ -48,9 +48,11 @@ import random
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import polars as pl
+
+_Encoded = TypeVar("_Encoded")
 
 INTERVALS: tuple[int, ...] = (1, 10, 60, 24, 7, 31, 4)
 """ISS interval codes: 1/10/60 minutes, 24 day, 7 week, 31 month, 4 quarter."""
@@ -681,6 +683,18 @@ def _ceil_minute(moment: dt.datetime, day: dt.date) -> int:
     return math.ceil(seconds / 60)
 
 
+def _series_bars(series: _Series, day: dt.date, indices: Sequence[int]) -> list[Bar]:
+    """The bars of ``day`` at ``indices`` of its series, in that order."""
+    midnight = _midnight(day)
+    minute, second = dt.timedelta(minutes=1), dt.timedelta(seconds=1)
+    b, e = series.begin_min, series.end_sec
+    o, c, h, lw, v, q = series.open, series.close, series.high, series.low, series.value, series.volume
+    return [
+        Bar(o[x], c[x], h[x], lw[x], v[x], q[x], midnight + b[x] * minute, midnight + e[x] * second)
+        for x in indices
+    ]
+
+
 # --------------------------------------------------------------------------------------------------
 # The market
 
@@ -702,6 +716,11 @@ class SyntheticMarket:
         self._minutes_cached = functools.lru_cache(maxsize=1024)(self._generate_day)
         self._buckets_cached = functools.lru_cache(maxsize=1024)(self._complete_buckets)
         self._day_bar_cached = functools.lru_cache(maxsize=65_536)(self._complete_day_bar)
+        # A finished day's bars as the server encodes them: the server then answers a page with a
+        # slice instead of building and encoding 500 bars under its one GIL (~3 ms a page), which
+        # made the stand-in slower than the latency it is configured with as soon as C requests
+        # arrived together (docs/benchmarks.md, session 8).
+        self._encoded_cached = functools.lru_cache(maxsize=1024)(self._encode_complete_day)
 
     # ---- catalog -------------------------------------------------------------------------------
 
@@ -784,6 +803,7 @@ class SyntheticMarket:
         self._minutes_cached.cache_clear()
         self._buckets_cached.cache_clear()
         self._day_bar_cached.cache_clear()
+        self._encoded_cached.cache_clear()
         self._count_memo.clear()
 
     # ---- generation ----------------------------------------------------------------------------
@@ -971,8 +991,10 @@ class SyntheticMarket:
         now: dt.datetime,
         revision: int,
         reverse: bool,
-    ) -> Iterator[tuple[int, Callable[[int, int], list[Bar]]]]:
-        """Per day: (row count, rows(i, j)) with rows in the requested order."""
+        encode: Callable[[Bar], Any] | None = None,
+    ) -> Iterator[tuple[int, Callable[[int, int], list[Any]]]]:
+        """Per day: (row count, rows(i, j)) with rows in the requested order, each a :class:`Bar`
+        or, with ``encode``, what ``encode`` makes of it."""
         window = self._window(listing, start, end, now)
         if window is None:
             return
@@ -989,7 +1011,9 @@ class SyntheticMarket:
                 count = self._count_memo[memo_key]
                 yield (
                     count,
-                    functools.partial(self._rows, listing, day, step, now, revision, 0, count, reverse),
+                    functools.partial(
+                        self._rows, listing, day, step, now, revision, 0, count, reverse, encode
+                    ),
                 )
                 continue
             series = self._day_series(listing, day, step, now, revision)
@@ -1002,7 +1026,10 @@ class SyntheticMarket:
                 continue
             if whole_day:
                 self._count_memo[memo_key] = hi - lo
-            yield hi - lo, functools.partial(self._rows, listing, day, step, now, revision, lo, hi, reverse)
+            yield (
+                hi - lo,
+                functools.partial(self._rows, listing, day, step, now, revision, lo, hi, reverse, encode),
+            )
 
     def _rows(
         self,
@@ -1014,23 +1041,32 @@ class SyntheticMarket:
         lo: int,
         hi: int,
         reverse: bool,
+        encode: Callable[[Bar], Any] | None,
         i: int,
         j: int,
-    ) -> list[Bar]:
-        """Rows ``i..j`` (in request order) of the day's bars whose index is within [lo, hi)."""
-        series = self._day_series(listing, day, step, now, revision)
+    ) -> list[Any]:
+        """Rows ``i..j`` (in request order) of the day's bars whose index is within [lo, hi),
+        encoded with ``encode`` if given (a finished day's encoding is cached)."""
         if reverse:
             indices: Sequence[int] = range(hi - 1 - i, hi - 1 - j, -1)
         else:
             indices = range(lo + i, lo + j)
-        midnight = _midnight(day)
-        minute, second = dt.timedelta(minutes=1), dt.timedelta(seconds=1)
-        b, e = series.begin_min, series.end_sec
-        o, c, h, lw, v, q = series.open, series.close, series.high, series.low, series.value, series.volume
-        return [
-            Bar(o[x], c[x], h[x], lw[x], v[x], q[x], midnight + b[x] * minute, midnight + e[x] * second)
-            for x in indices
-        ]
+        if encode is not None and day < now.date():
+            encoded = self._encoded_cached(
+                listing.secid, listing.boardid, day.toordinal(), revision, step, encode
+            )
+            return [encoded[x] for x in indices] if reverse else list(encoded[lo + i : lo + j])
+        bars = _series_bars(self._day_series(listing, day, step, now, revision), day, indices)
+        return bars if encode is None else [encode(bar) for bar in bars]
+
+    def _encode_complete_day(
+        self, secid: str, boardid: str, ordinal: int, revision: int, step: int, encode: Callable[[Bar], Any]
+    ) -> tuple[Any, ...]:
+        """Every bar of a finished day, encoded (cached by ``_encoded_cached``)."""
+        day = dt.date.fromordinal(ordinal)
+        after = _midnight(day + dt.timedelta(days=1))  # any moment once the day is over
+        series = self._day_series(self._require(secid, boardid), day, step, after, revision)
+        return tuple(encode(bar) for bar in _series_bars(series, day, range(len(series.begin_min))))
 
     def _calendar_bars(
         self,
@@ -1115,6 +1151,46 @@ class SyntheticMarket:
         Raises ``KeyError`` for a secid/board pair that is not listed and ``ValueError`` for an
         interval that ISS does not have.
         """
+        return self._page(
+            secid, board, interval, start, end, now, offset, limit, reverse, delay_minutes, revision
+        )
+
+    def encoded_page(
+        self,
+        secid: str,
+        board: str,
+        interval: int,
+        start: dt.datetime,
+        end: dt.datetime,
+        now: dt.datetime,
+        encode: Callable[[Bar], _Encoded],
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        reverse: bool = False,
+        delay_minutes: float = 0.0,
+    ) -> list[_Encoded]:
+        """:meth:`page`, each bar passed through ``encode``, a pure function of the bar: what it
+        makes of a finished day's intraday bars is cached, so a page of them costs a slice."""
+        return self._page(
+            secid, board, interval, start, end, now, offset, limit, reverse, delay_minutes, None, encode
+        )
+
+    def _page(
+        self,
+        secid: str,
+        board: str,
+        interval: int,
+        start: dt.datetime,
+        end: dt.datetime,
+        now: dt.datetime,
+        offset: int,
+        limit: int | None,
+        reverse: bool,
+        delay_minutes: float,
+        revision: int | None,
+        encode: Callable[[Bar], Any] | None = None,
+    ) -> list[Any]:
         listing = self._require(secid, board)
         if interval not in INTERVALS:
             raise ValueError(f"unknown ISS interval {interval}")
@@ -1124,12 +1200,13 @@ class SyntheticMarket:
             bars = self._calendar_bars(listing, interval, start, end, now, rev)
             if reverse:
                 bars.reverse()
-            return bars[offset:] if limit is None else bars[offset : offset + limit]
-        out: list[Bar] = []
+            bars = bars[offset:] if limit is None else bars[offset : offset + limit]
+            return bars if encode is None else [encode(bar) for bar in bars]
+        out: list[Any] = []
         skip = offset
         wanted = math.inf if limit is None else limit
         for count, rows in self._intraday_chunks(
-            listing, INTRADAY_STEP[interval], start, end, now, rev, reverse
+            listing, INTRADAY_STEP[interval], start, end, now, rev, reverse, encode
         ):
             if skip >= count:
                 skip -= count

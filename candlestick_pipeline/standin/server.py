@@ -323,13 +323,21 @@ _DURATIONS_ROWS: list[list[Any]] = [
 ]
 
 
+@dataclass(frozen=True)
+class _EncodedRows:
+    """Rows already encoded as JSON arrays of every column (``_encode_candle``), for a compact
+    document of all the columns: rendered by joining them, not by building and encoding each row."""
+
+    texts: list[str]
+
+
 @dataclass
 class _Block:
     """One ISS table: ``{"metadata": ..., "columns": [...], "data": [[...], ...]}``."""
 
     name: str
     metadata: dict[str, Any]
-    rows: list[list[Any]]
+    rows: list[list[Any]] | _EncodedRows
 
     @property
     def columns(self) -> list[str]:
@@ -358,6 +366,23 @@ def _candle_row(bar: Bar) -> list[Any]:
     ]
 
 
+def _encode_candle(bar: Bar) -> str:
+    """A candle row as ``_render`` writes it inside a document (same separators)."""
+    return json.dumps(_candle_row(bar), ensure_ascii=False)
+
+
+def _splices_encoded(params: dict[str, str], block_name: str) -> bool:
+    """Whether ``_render`` writes ``block_name`` compact with all its columns, so that rows
+    encoded in advance can be joined into it as they are."""
+    extended = params.get("iss.json", "compact").lower() == "extended"
+    return not extended and not params.get(f"{block_name}.columns")
+
+
+def _placeholder(index: int) -> str:
+    # NUL cannot occur in ISS data and json.dumps always escapes it: the text is unambiguous.
+    return f"\x00encoded rows {index}\x00"
+
+
 def _render(blocks: Sequence[_Block], params: dict[str, str]) -> bytes:
     """Apply ``iss.only``, ``{block}.columns``, ``iss.meta`` and ``iss.json`` and encode as UTF-8 JSON."""
     only = params.get("iss.only")
@@ -367,9 +392,19 @@ def _render(blocks: Sequence[_Block], params: dict[str, str]) -> bytes:
     meta = params.get("iss.meta", "on").lower() != "off"
     extended = params.get("iss.json", "compact").lower() == "extended"
     rendered: dict[str, Any] = {}
+    encoded: list[_EncodedRows] = []
     for block in blocks:
         columns = block.columns
         rows = block.rows
+        if isinstance(rows, _EncodedRows):
+            if _splices_encoded(params, block.name):
+                body: dict[str, Any] = {"metadata": block.metadata} if meta else {}
+                body["columns"] = columns
+                body["data"] = [_placeholder(len(encoded))]
+                encoded.append(rows)
+                rendered[block.name] = body
+                continue
+            rows = [json.loads(text) for text in rows.texts]
         requested = params.get(f"{block.name}.columns")
         if requested:
             # ISS-FACTS: the order of a column subset is unconfirmed; we keep the native order.
@@ -380,14 +415,18 @@ def _render(blocks: Sequence[_Block], params: dict[str, str]) -> bytes:
         if extended:
             rendered[block.name] = [dict(zip(columns, row, strict=True)) for row in rows]
             continue
-        body: dict[str, Any] = {}
+        body = {}
         if meta:
             body["metadata"] = {column: block.metadata[column] for column in columns}
         body["columns"] = columns
         body["data"] = rows
         rendered[block.name] = body
     document: Any = [{"charsetinfo": {"name": "utf-8"}}, rendered] if extended else rendered
-    return json.dumps(document, ensure_ascii=False).encode("utf-8")
+    text = json.dumps(document, ensure_ascii=False)
+    for index, rows in enumerate(encoded):
+        placeholder = json.dumps([_placeholder(index)], ensure_ascii=False)
+        text = text.replace(placeholder, "[" + ", ".join(rows.texts) + "]", 1)
+    return text.encode("utf-8")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1034,17 +1073,20 @@ class ISSStandIn:
         listing = self._resolve(route)
         if listing is None or interval is None:
             return _Block("candles", _CANDLE_METADATA, [])
+        query = (listing.secid, listing.boardid, interval, start, end, self.now)
+        reverse, delay = _truthy(params.get("iss.reverse")), self.faults.delay_minutes
+        if _splices_encoded(params, "candles"):
+            texts = self.market.encoded_page(
+                *query,
+                _encode_candle,
+                offset=start_row,
+                limit=PAGE_SIZE,
+                reverse=reverse,
+                delay_minutes=delay,
+            )
+            return _Block("candles", _CANDLE_METADATA, _EncodedRows(texts))
         bars = self.market.page(
-            listing.secid,
-            listing.boardid,
-            interval,
-            start,
-            end,
-            self.now,
-            offset=start_row,
-            limit=PAGE_SIZE,
-            reverse=_truthy(params.get("iss.reverse")),
-            delay_minutes=self.faults.delay_minutes,
+            *query, offset=start_row, limit=PAGE_SIZE, reverse=reverse, delay_minutes=delay
         )
         return _Block("candles", _CANDLE_METADATA, [_candle_row(bar) for bar in bars])
 

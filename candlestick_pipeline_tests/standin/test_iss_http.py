@@ -278,3 +278,67 @@ def test_revision_and_broken_candle_show_over_http(iss: httpx.Client, standin: I
     broken = iss.get(f"{SBER_TQBR}/candles.json", params=params).json()["candles"]["data"]
     assert broken[3][2] < broken[3][3]  # high < low
     assert broken[:3] == original[:3] and broken[4:] == original[4:]
+
+
+_PAGE_PARAMS: list[dict[str, str | int]] = [
+    {"from": "2025-05-26", "till": "2025-06-02", "interval": 1},  # finished days, then today's part
+    {"from": "2025-05-26", "till": "2025-06-02", "interval": 1, "start": 1500},
+    {"from": "2025-05-29 12:00:01", "till": "2025-05-30 10:59:59", "interval": 1, "start": 7},
+    {"from": "2025-05-20", "till": "2025-06-02", "interval": 10, "start": 500},
+    {"from": "2025-03-01", "till": "2025-06-02", "interval": 60, "iss.reverse": "true"},
+    {"from": "2025-05-26", "till": "2025-05-30", "interval": 1, "iss.reverse": "true", "start": 600},
+    {"from": "2025-05-26", "till": "2025-05-30", "interval": 1, "iss.meta": "off", "iss.only": "candles"},
+    {"from": "2025-05-26", "till": "2025-05-30", "interval": 1, "candles.columns": "begin,close"},
+    {"from": "2025-05-26", "till": "2025-05-30", "interval": 1, "iss.json": "extended"},
+    {"from": "2025-01-01", "till": "2025-06-02", "interval": 24},
+]
+
+
+@pytest.mark.parametrize(
+    "params", _PAGE_PARAMS, ids=lambda params: "&".join(f"{k}={v}" for k, v in params.items())
+)
+def test_candle_pages_are_byte_for_byte_the_bars_rendered(
+    iss: httpx.Client, standin: ISSStandIn, params: dict[str, str | int]
+) -> None:
+    """Finished days are served from encoded rows cached by the market; a page must be exactly
+    what rendering its bars one by one gives, on the first request and the cached ones, and
+    after the data changed (revision, broken candle, delay)."""
+    from candlestick_pipeline.standin import server
+
+    def rendered_bars() -> bytes:
+        start, end = server._range({k: str(v) for k, v in params.items()})
+        bars = standin.market.page(
+            "SBER",
+            "TQBR",
+            int(params["interval"]),
+            start,
+            end,
+            standin.now,
+            offset=int(params.get("start", 0)),
+            limit=server.PAGE_SIZE,
+            reverse=params.get("iss.reverse") == "true",
+            delay_minutes=standin.faults.delay_minutes,
+        )
+        rows = [server._candle_row(bar) for bar in bars]
+        assert rows, "a page of nothing would not test the encoding"
+        block = server._Block("candles", server._CANDLE_METADATA, rows)
+        return server._render([block], {k: str(v) for k, v in params.items()})
+
+    def served() -> bytes:
+        response = iss.get(f"{SBER_TQBR}/candles.json", params=params)
+        assert response.status_code == 200
+        return response.content
+
+    first = served()
+    assert first == rendered_bars() and served() == first
+    standin.set_revision(3)
+    revised = served()
+    assert revised != first and revised == rendered_bars()
+    standin.set_revision(0)
+    assert served() == first
+    target = dt.datetime(2025, 5, 29, 12, 30) if params["interval"] == 1 else dt.datetime(2025, 5, 29, 11, 0)
+    standin.break_candle("SBER", "TQBR", target)
+    assert served() == rendered_bars()
+    standin.market.clear_breaks()
+    standin.set_faults(delay_minutes=15)
+    assert served() == rendered_bars()
