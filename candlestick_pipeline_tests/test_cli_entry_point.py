@@ -68,3 +68,23 @@ def test_under_a_profiler_the_usual_exit_lets_it_write_its_results(tmp_path: Pat
         [sys.executable, "-m", "cProfile", "-o", str(stats), str(script)], capture_output=True, check=True
     )
     assert stats.stat().st_size > 0  # (cProfile itself swallows the exit code: 0)
+
+
+def test_the_cli_is_imported_with_the_collector_off_and_left_on() -> None:
+    """The console script imports the CLI without collecting, freezes what the import made (so
+    later full collections skip it), and leaves the collector on for the command itself."""
+    probe = (
+        "import gc, sys\n"
+        "seen = []\n"
+        "gc.callbacks.append(lambda phase, info: phase == 'start' and seen.append(info))\n"
+        "from candlestick_pipeline.console import import_cli\n"
+        "seen.clear()\n"
+        "run = import_cli()\n"
+        "assert 'dagster' in sys.modules and run.__module__ == 'candlestick_pipeline.cli'\n"
+        "print(len(seen), gc.isenabled(), gc.get_freeze_count())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    collections, enabled, frozen = result.stdout.split()
+    assert collections == "0" and enabled == "True" and int(frozen) > 100_000
