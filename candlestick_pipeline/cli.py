@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from candlestick_pipeline import config
 from candlestick_pipeline.defs.candles.partitions import SECURITIES_PARTITIONS, date_keys_between, multi_key
 from candlestick_pipeline.defs.iss import gate as iss_gate
-from candlestick_pipeline.defs.iss.client import ISSClient
+from candlestick_pipeline.defs.iss.client import ISSClient, shared_ssl_context
 from candlestick_pipeline.defs.iss.errors import ISSError
 from candlestick_pipeline.defs.iss.resource import ensure_iss_pool
 from candlestick_pipeline.lib import warehouse
@@ -245,6 +245,7 @@ def _execute_work(
     # (about 1.5 s a process) and inherit the shared budget.
     ensure_iss_pool(instance)  # before the runs start together (Dagster 1.13 races on it)
     iss_gate.share_between_processes(concurrency)
+    shared_ssl_context()  # built once here, inherited by every worker's ISS client
     # The parent's objects (Dagster's imports: about a million) live as long as the command. Frozen,
     # a worker's full collections skip them: each worker's first one took 130-170 ms, on the way to
     # its first ISS request, and wrote to (so copied) most of the pages it shares with the parent.

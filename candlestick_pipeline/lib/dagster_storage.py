@@ -24,6 +24,14 @@ rows take. The figures are in docs/benchmarks.md (sessions 4 and 5).
   does (``optimize_for_webserver``): the daemon, the code server, each run worker, the CLI. Each
   storage then keeps one connection (more only while several threads use it at once).
 
+* **Dagster's migration scripts read once a process.** Every storage checks its schema revision
+  when it opens (SQLite: the runs, schedules and event-log index files, then every run's own event
+  file as the run creates it; PostgreSQL: each storage) and every check read the ~70 migration
+  scripts of ``dagster:_core/storage/alembic`` anew: 20-35 ms each, four or five times on a run's
+  way to its first ISS request. They are Dagster's installed files, the same for the life of the
+  process, so :func:`memoize_dagster_migration_scripts` keeps the one ``ScriptDirectory`` that
+  reads them. Loading this module applies it (``dagster.yaml`` names the storages here).
+
 A process that forks must not use a PostgreSQL instance on both sides of the fork: parent and child
 would share its connections. The forked workers of ``candlestick load`` open their own instance and
 never touch the parent's.
@@ -33,9 +41,12 @@ The overridden methods are Dagster 1.13's (pinned in ``uv.lock``);
 the rows Dagster's own leave.
 """
 
+import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from dagster import DagsterEventType, EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.config import PostgresStorageConfig
@@ -44,6 +55,7 @@ from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
+from dagster._core.storage.sql import ALEMBIC_SCRIPTS_LOCATION
 from dagster._core.storage.sqlite_storage import (
     DagsterSqliteStorage,
     SqliteStorageConfig,
@@ -68,6 +80,36 @@ _PLANNED = DagsterEventType.ASSET_MATERIALIZATION_PLANNED
 _ASSET_ROW_EVENTS = frozenset(
     {_PLANNED, DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_OBSERVATION}
 )
+
+
+_script_directories: dict[str, ScriptDirectory] = {}
+_script_directories_lock = threading.Lock()
+
+
+def memoize_dagster_migration_scripts() -> None:
+    """From now on, ``ScriptDirectory.from_config`` gives the same object (revision map read once)
+    for Dagster's own migration scripts, in this process and those it forks; other script locations
+    (the warehouse's, anyone's) are read as before. Idempotent."""
+    if getattr(ScriptDirectory.from_config, "_candlestick_memo", False):
+        return
+    original = ScriptDirectory.from_config.__func__  # type: ignore[attr-defined]
+
+    def from_config(cls: type[ScriptDirectory], config: Config) -> ScriptDirectory:
+        location = config.get_alembic_option("script_location")
+        if cls is not ScriptDirectory or location != ALEMBIC_SCRIPTS_LOCATION:
+            return original(cls, config)
+        with _script_directories_lock:
+            script = _script_directories.get(location)
+            if script is None:
+                script = _script_directories[location] = original(cls, config)
+                script.revision_map.heads  # read the scripts now, under the lock  # noqa: B018
+            return script
+
+    from_config._candlestick_memo = True  # type: ignore[attr-defined]
+    ScriptDirectory.from_config = classmethod(from_config)  # type: ignore[method-assign,assignment]
+
+
+memoize_dagster_migration_scripts()
 
 
 def _split(

@@ -211,3 +211,27 @@ def test_batched_storages_write_what_dagster_writes(
     assert dagsters["asset_keys"] == [('["prices"]', True, "2025-01-12", True)]
     assert dagsters["failed"] == days  # the failed run marks every partition of its range failed
     assert ours_seen == dagsters
+
+
+def test_dagster_migration_scripts_are_read_once_a_process_and_no_one_elses() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    from dagster._core.storage.runs.sqlite import sqlite_run_storage
+    from dagster._core.storage.sql import get_alembic_config
+
+    from candlestick_pipeline.lib import dagster_storage
+    from candlestick_pipeline.lib.warehouse.engine import MIGRATIONS_DIR
+
+    dagster_storage.memoize_dagster_migration_scripts()  # loading the module did it; twice is harmless
+    dagsters = get_alembic_config(sqlite_run_storage.__file__)
+    first, again = ScriptDirectory.from_config(dagsters), ScriptDirectory.from_config(dagsters)
+    assert first is again
+    assert first.as_revision_number("head") == first.get_current_head() is not None
+    # A config of its own (another Config object, same scripts): still the one directory.
+    copy = Config()
+    copy.set_main_option("script_location", dagsters.get_main_option("script_location") or "")
+    assert ScriptDirectory.from_config(copy) is first
+    ours = Config()
+    ours.set_main_option("script_location", str(MIGRATIONS_DIR))
+    ours.set_main_option("path_separator", "os")
+    assert ScriptDirectory.from_config(ours) is not ScriptDirectory.from_config(ours)
