@@ -27,8 +27,9 @@ B2 is the old service, implemented here with plain httpx: per security, the whol
 request after another, a new HTTP session per request, every candle held in memory and written
 with one SQLAlchemy insert in one transaction at the end. Printed beside B1 as B2 / B1.
 
-The stand-in's synthetic data is generated once before timing (real ISS has its data ready);
-it still renders JSON on the same 2 cores, which is counted against us.
+The stand-in's synthetic data is generated (and a finished day's rows encoded) once before timing,
+as real ISS has its data ready: a page is then a slice of them. The stand-in still parses every
+request and sends every answer on the same 2 cores, which is counted against us.
 
     uv run python benchmarks/bench_backfill.py                         # full size (docs/benchmarks.md)
     uv run python benchmarks/bench_backfill.py --securities 1 --days 2 --months 1 --concurrency 4 \

@@ -699,6 +699,14 @@ def _series_bars(series: _Series, day: dt.date, indices: Sequence[int]) -> list[
 # The market
 
 
+# Security-days kept generated (and encoded): 22 years of one security, or B1's 4 securities x 5
+# years. A benchmark's range must stay cached once its warm-up has fetched it, as real ISS has its
+# data ready: with 1024, a 4 x 365-day B1 missed on every page (least recently used, in a cycle) and
+# the stand-in generated ~7 s of days on the cores the loader runs on. A cached day of 1-minute bars
+# takes ~0.2 MB (generated and encoded), so a full cache ~1.6 GB; tests fill a few days.
+_DAYS_CACHED = 8192
+
+
 class SyntheticMarket:
     """The stand-in's data: deterministic bars for every (secid, board) of :data:`CATALOG`.
 
@@ -713,14 +721,14 @@ class SyntheticMarket:
         self._breaks: dict[tuple[str, str, dt.datetime], bool] = {}
         self._count_memo: dict[tuple[str, str, int, int, int], int] = {}
         # per-instance caches: the key includes the revision, so switching back is free
-        self._minutes_cached = functools.lru_cache(maxsize=1024)(self._generate_day)
-        self._buckets_cached = functools.lru_cache(maxsize=1024)(self._complete_buckets)
+        self._minutes_cached = functools.lru_cache(maxsize=_DAYS_CACHED)(self._generate_day)
+        self._buckets_cached = functools.lru_cache(maxsize=_DAYS_CACHED)(self._complete_buckets)
         self._day_bar_cached = functools.lru_cache(maxsize=65_536)(self._complete_day_bar)
         # A finished day's bars as the server encodes them: the server then answers a page with a
         # slice instead of building and encoding 500 bars under its one GIL (~3 ms a page), which
         # made the stand-in slower than the latency it is configured with as soon as C requests
         # arrived together (docs/benchmarks.md, session 8).
-        self._encoded_cached = functools.lru_cache(maxsize=1024)(self._encode_complete_day)
+        self._encoded_cached = functools.lru_cache(maxsize=_DAYS_CACHED)(self._encode_complete_day)
 
     # ---- catalog -------------------------------------------------------------------------------
 
