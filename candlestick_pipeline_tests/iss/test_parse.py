@@ -678,6 +678,34 @@ def test_odd_prices_leave_the_fast_path(value: Any) -> None:
     assert _fast_candle_page(_candles([GOOD_ROW]), D(2026, 1, 30), D(2026, 1, 30)) is not None
 
 
+def test_finite_prices_whose_sum_overflows_parse_as_they_are() -> None:
+    """The fast path tells finite columns by their sum; when that overflows, the row-by-row parser
+    takes the page and keeps every price."""
+    from candlestick_pipeline.defs.iss.parse import _fast_candle_page
+
+    rows = [list(GOOD_ROW), list(GOOD_ROW)]
+    rows[1][6], rows[1][7] = "2026-01-30 07:01:00", "2026-01-30 07:01:59"
+    for row in rows:
+        row[4] = 1.5e308
+    assert _fast_candle_page(_candles(rows), D(2026, 1, 30), D(2026, 1, 30)) is None
+    page = parse_candle_page(_candles(rows), date_from=D(2026, 1, 30), date_till=D(2026, 1, 30))
+    assert page.frame["value"].to_list() == [1.5e308, 1.5e308]
+
+
+def test_fast_path_drops_rows_outside_the_window_only_when_there_are_some() -> None:
+    from candlestick_pipeline.defs.iss.parse import _fast_candle_page
+
+    rows = [list(GOOD_ROW), list(GOOD_ROW)]
+    rows[1][6], rows[1][7] = "2026-01-31 07:00:00", "2026-01-31 07:00:59"
+    both = _fast_candle_page(_candles(rows), D(2026, 1, 30), D(2026, 1, 31))
+    first = _fast_candle_page(_candles(rows), D(2026, 1, 30), D(2026, 1, 30))
+    second = _fast_candle_page(_candles(rows), D(2026, 1, 31), D(2026, 2, 1))
+    assert both is not None and first is not None and second is not None
+    assert (both.frame.height, both.rows_outside_window) == (2, 0)
+    assert first.frame["begin"].to_list() == [T(2026, 1, 30, 7, 0)] and first.rows_outside_window == 1
+    assert second.frame["end"].to_list() == [T(2026, 1, 31, 7, 0, 59)] and second.rows_outside_window == 1
+
+
 @pytest.mark.parametrize(
     ("position", "value"),
     [

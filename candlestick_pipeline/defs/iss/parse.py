@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ _BOARD_COLUMNS = ("boardid", "market", "engine")
 # How ISS writes a timestamp (naive Moscow wall-clock time), e.g. "2025-06-02 10:00:00".
 _TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 _TIMESTAMP_LENGTH = 19
+_DATETIME = pl.Datetime("us")
 # The first element of an extended-form payload describes the encoding, not data.
 _EXTENDED_HEADER = "charsetinfo"
 
@@ -174,13 +175,35 @@ def parse_candle_page(payload: Any, *, date_from: dt.date, date_till: dt.date) -
     )
 
 
+def _fast_timestamps(begins: Sequence[Any], ends: Sequence[Any]) -> tuple[pl.Series, pl.Series] | None:
+    """``begin`` and ``end`` from ``YYYY-MM-DD HH:MM:SS`` strings; ``None`` for anything else (strict:
+    no such day raises ``PolarsError``)."""
+    both = [*begins, *ends]
+    if set(map(type, both)) != {str} or set(map(len, both)) != {_TIMESTAMP_LENGTH}:
+        return None
+    # One parse of both columns: a parse's fixed cost was most of the cost of 500 values.
+    parsed = pl.Series(both, dtype=pl.String()).str.strptime(
+        _DATETIME, _TIMESTAMP_FORMAT, strict=True, cache=False
+    )
+    return parsed.head(len(begins)).alias("begin"), parsed.tail(len(ends)).alias("end")
+
+
+def _fast_prices(name: str, values: Sequence[Any]) -> pl.Series | None:
+    """JSON ints or floats (never booleans), all finite, as floats; ``None`` for anything else."""
+    # A sum of finite values is finite unless it overflows, and then the row-by-row parser decides.
+    if not set(map(type, values)) <= {int, float} or not math.isfinite(sum(values)):
+        return None
+    return pl.Series(name, values, dtype=pl.Float64())
+
+
 def _fast_candle_page(payload: Any, date_from: dt.date, date_till: dt.date) -> CandlePage | None:
-    """The usual page, parsed column-wise by polars (0.65 ms instead of 1.3 ms for 500 rows); ``None``
+    """The usual page, parsed column-wise (0.55 ms instead of 2.2 ms for 500 rows row by row); ``None``
     when the page is not plainly well-formed, and the row-by-row parser then decides and explains.
 
     Taken only for the plain form with every row a list of the right length, timestamps as
     ``YYYY-MM-DD HH:MM:SS`` strings, prices JSON ints or floats (never booleans) that are finite,
-    and volumes JSON ints: exactly the values the row-by-row parser accepts unchanged.
+    and volumes JSON ints: exactly the values the row-by-row parser accepts unchanged. Eager polars
+    on whole columns: a lazy query's planning cost more than its work on a page this size.
     """
     raw = payload.get("candles") if isinstance(payload, Mapping) else None
     if not isinstance(raw, Mapping) or "error" in raw:
@@ -196,38 +219,22 @@ def _fast_candle_page(payload: Any, date_from: dt.date, date_till: dt.date) -> C
         return None
     values = list(zip(*data, strict=True))
     by_name = {name: values[position] for name, position in zip(_CANDLE_COLUMNS, positions, strict=True)}
-    if any(set(map(type, by_name[name])) != {str} for name in ("begin", "end")):
-        return None
-    if any(not set(map(type, by_name[name])) <= {int, float} for name in _PRICE_COLUMNS):
-        return None
     if set(map(type, by_name["volume"])) != {int}:
         return None
     try:
-        frame = pl.DataFrame(
-            {
-                **{name: pl.Series(name, by_name[name], dtype=pl.String()) for name in ("begin", "end")},
-                **{name: pl.Series(name, by_name[name], dtype=pl.Float64()) for name in _PRICE_COLUMNS},
-                "volume": pl.Series("volume", by_name["volume"], dtype=pl.Int64()),
-            }
-        )
-        lazy = frame.lazy()
-        checks = lazy.select(
-            pl.all_horizontal(pl.col("begin", "end").str.len_bytes() == _TIMESTAMP_LENGTH).all(),
-            pl.all_horizontal(pl.col(_PRICE_COLUMNS).is_finite()).all(),
-        )
-        parsed = (
-            lazy.with_columns(
-                pl.col("begin", "end").str.strptime(pl.Datetime("us"), _TIMESTAMP_FORMAT, strict=True)
-            )
-            .filter(pl.col("begin").dt.date().is_between(date_from, date_till, closed="both"))
-            .select(list(CANDLE_SCHEMA))
-        )
-        well_formed, kept = pl.collect_all([checks, parsed])
+        timestamps = _fast_timestamps(by_name["begin"], by_name["end"])
+        prices = [_fast_prices(name, by_name[name]) for name in _PRICE_COLUMNS]
+        volume = pl.Series("volume", by_name["volume"], dtype=pl.Int64())
     except (pl.exceptions.PolarsError, TypeError, OverflowError):
         return None
-    if not all(well_formed.row(0)):
+    if timestamps is None or any(column is None for column in prices):
         return None
-    return CandlePage(frame=kept, rows_received=len(data), rows_outside_window=len(data) - kept.height)
+    frame = pl.DataFrame([*timestamps, *prices, volume])
+    first, last = frame["begin"].min(), frame["begin"].max()
+    assert isinstance(first, dt.datetime) and isinstance(last, dt.datetime)  # a non-empty datetime column
+    if not (date_from <= first.date() and last.date() <= date_till):
+        frame = frame.filter(pl.col("begin").dt.date().is_between(date_from, date_till, closed="both"))
+    return CandlePage(frame=frame, rows_received=len(data), rows_outside_window=len(data) - frame.height)
 
 
 def parse_candles(payload: Any, *, date_from: dt.date, date_till: dt.date) -> pl.DataFrame:
