@@ -38,4 +38,6 @@ def latest_per_begin(frames: list[pl.DataFrame]) -> pl.DataFrame:
 
 def conform(frame: pl.DataFrame) -> pl.DataFrame:
     """Select the candle columns in schema order and cast them; extra columns are dropped."""
+    if frame.schema == CANDLE_SCHEMA:  # the usual case, as the parser makes them: nothing to do
+        return frame
     return frame.select([pl.col(name).cast(dtype) for name, dtype in CANDLE_SCHEMA.items()])

@@ -418,6 +418,21 @@ def test_an_invalid_frame_changes_nothing(
     assert_frame_equal(everything(engine), before)
 
 
+def test_infinities_of_both_signs_are_not_taken_for_nan(engine: sa.Engine) -> None:
+    # The quick check reads a NaN off a column's sum, and +inf + -inf sums to NaN too: the row-wise
+    # check then finds no NaN, and the frame is written as it is.
+    frame = candles_frame(D1, count=4).with_columns(
+        pl.Series("value", [float("inf"), float("-inf"), 1.0, 2.0])
+    )
+    assert replace_candles(engine, SBER, "1m", D1, D2, frame) == 4
+    assert read_candles(engine, SBER, "1m", D1, D2)["value"].to_list() == [
+        float("inf"),
+        float("-inf"),
+        1.0,
+        2.0,
+    ]
+
+
 def test_bad_windows_and_timeframes(engine: sa.Engine) -> None:
     with pytest.raises(ValueError, match="empty window"):
         replace_candles(engine, SBER, "1m", D2, D1, candles_frame(D1, count=0))

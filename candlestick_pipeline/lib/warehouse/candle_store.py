@@ -18,8 +18,10 @@ differing candles are replaced, or (when more than half differ) the whole window
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import math
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +59,9 @@ _QUOTED_COLUMNS = ", ".join(f'"{name}"' for name in _INSERT_COLUMNS)
 _SQLITE_INSERT = f"INSERT INTO candles ({_QUOTED_COLUMNS}) VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)})"
 _PG_COPY = f"COPY candles ({_QUOTED_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _FLOAT_COLUMNS = ("open", "high", "low", "close", "value")
+_SQLITE_VALUES = (*_FLOAT_COLUMNS, "volume")
 _READ_BATCH_ROWS = 20_000
+_US_PER_SECOND = 1_000_000  # CANDLE_SCHEMA keeps microseconds
 _BOUND = MoscowDateTime()  # how a bound on ``begin`` is sent (SQLite: text)
 _QUOTED_VALUE_COLUMNS = ", ".join(f'"{name}"' for name in CANDLE_VALUE_COLUMNS)
 _SELECT = (
@@ -151,23 +155,27 @@ def _problem_masks(windows: Sequence[Window]) -> dict[str, pl.Expr]:
 
 
 def _obviously_valid(frame: pl.DataFrame, windows: Sequence[Window]) -> bool:
-    """A cheap whole-frame test that accepts a valid frame (the usual case) without per-row masks."""
+    """A cheap whole-frame test that accepts a valid frame (the usual case) without per-row masks.
+
+    Whole-column operations on the Series, no expressions (0.12 ms for 1,000 rows, against 0.28 ms
+    for one ``select`` of the same aggregates): a column holding a NaN sums to NaN.
+    """
     if frame.is_empty():
         return True
-    if any(frame.null_count().row(0)):
+    if any(column.has_nulls() for column in frame.get_columns()):
         return False
-    begin = pl.col("begin")
-    first, last, distinct, nan, sub_second = frame.select(
-        begin.min().alias("first"),
-        begin.max().alias("last"),
-        begin.n_unique().alias("distinct"),
-        pl.any_horizontal(pl.col(_FLOAT_COLUMNS).is_nan().any()).alias("nan"),
-        pl.any_horizontal((pl.col(name).dt.microsecond() != 0).any() for name in ("begin", "end")).alias(
-            "sub"
-        ),
-    ).row(0)
-    inside_one_window = any(start <= first and last < end for start, end in windows)
-    return inside_one_window and distinct == frame.height and not nan and not sub_second
+    begin = frame.get_column("begin")
+    first, last = begin.min(), begin.max()
+    if not isinstance(first, dt.datetime) or not isinstance(last, dt.datetime):
+        return False
+    if not any(start <= first and last < end for start, end in windows):
+        return False
+    if begin.n_unique() != frame.height:
+        return False
+    if any(math.isnan(frame.get_column(name).sum()) for name in _FLOAT_COLUMNS):
+        return False
+    microseconds = (frame.get_column(name).cast(pl.Int64) for name in ("begin", "end"))
+    return not any((since_epoch % _US_PER_SECOND).max() for since_epoch in microseconds)
 
 
 def validate_candles(frame: pl.DataFrame, windows: Sequence[Window]) -> pl.DataFrame:
@@ -240,13 +248,19 @@ def _bulk_insert(conn: sa.Connection, key: SecurityKey, timeframe: str, frame: p
     if is_postgres(conn):
         _copy_postgres(conn, key, timeframe, frame)
     else:
-        prefix = [
-            pl.lit(value).alias(name)
-            for name, value in zip(_KEY_COLUMNS, (key.secid, key.board, timeframe), strict=True)
-        ]
-        # Text timestamps formatted by polars in bulk, not per row in Python.
-        timestamps = [pl.col(name).dt.strftime(_SQLITE_TIMESTAMP) for name in ("begin", "end")]
-        _insert_rows_sqlite(conn, frame.select(*prefix, *timestamps, *_FLOAT_COLUMNS, "volume").iter_rows())
+        _insert_rows_sqlite(conn, _sqlite_rows(key, timeframe, frame))
+
+
+def _sqlite_rows(key: SecurityKey, timeframe: str, frame: pl.DataFrame) -> Iterator[tuple[Any, ...]]:
+    """The insert rows of a validated frame: the key texts, text timestamps, then the values."""
+    # Text timestamps formatted by polars in bulk, not per row in Python; rows zipped from whole
+    # columns (``DataFrame.iter_rows`` took twice as long for 1,000 rows: 1.0 ms vs 0.55 ms).
+    values = frame.select(
+        *(pl.col(name).dt.strftime(_SQLITE_TIMESTAMP) for name in ("begin", "end")), *_SQLITE_VALUES
+    )
+    columns = [series.to_list() for series in values.get_columns()]
+    keys = (itertools.repeat(text) for text in (key.secid, key.board, timeframe))  # endless: not strict
+    return zip(*keys, *columns, strict=False)
 
 
 # --- PostgreSQL: write only what differs -------------------------------------------------------

@@ -20,9 +20,7 @@ as in a COPY row, an int32 byte length and the value.
 
 from __future__ import annotations
 
-import array
 import struct
-import sys
 from collections.abc import Iterator, Sequence
 
 import polars as pl
@@ -37,7 +35,7 @@ _VALUE_SIZE = 8
 _FIELD = struct.pack(">i", _VALUE_SIZE) + bytes(_VALUE_SIZE)
 ROWS_PER_CHUNK = 2048
 
-# The eight candle columns after the texts: (expression giving the value, array typecode).
+# The eight candle columns after the texts: (expression giving the value, struct format character).
 _FIXED_COLUMNS: tuple[tuple[pl.Expr, str], ...] = (
     (pl.col("begin").dt.epoch("us") - _PG_EPOCH_US, "q"),
     (pl.col("end").dt.epoch("us") - _PG_EPOCH_US, "q"),
@@ -56,12 +54,8 @@ _ELEMENT_TYPES = ("timestamp", "timestamp", "float8", "float8", "float8", "float
 
 def _network_bytes(series: pl.Series, typecode: str) -> bytes:
     """The 8-byte values of ``series`` in network byte order, one after the other."""
-    column = array.array(typecode, series.to_list())
-    if column.itemsize != _VALUE_SIZE:  # pragma: no cover - no such platform in use
-        raise RuntimeError(f"array typecode {typecode!r} is not 8 bytes here")
-    if sys.byteorder == "little":
-        column.byteswap()  # to network byte order
-    return column.tobytes()
+    # One struct call packs them big-endian: half the time of array.array + byteswap.
+    return struct.pack(f">{series.len()}{typecode}", *series.to_list())
 
 
 def _row_prefix(texts: Sequence[str]) -> bytes:
