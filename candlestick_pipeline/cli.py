@@ -9,6 +9,7 @@ import atexit
 import datetime as dt
 import functools
 import gc
+import importlib
 import multiprocessing
 import os
 import sys
@@ -246,6 +247,10 @@ def _execute_work(
     ensure_iss_pool(instance)  # before the runs start together (Dagster 1.13 races on it)
     iss_gate.share_between_processes(concurrency)
     shared_ssl_context()  # built once here, inherited by every worker's ISS client
+    # Imported once here, not by each worker on its way to its first run: the job's modules, and
+    # httpcore, which httpx imports when the first client opens (0.1 s a worker on a slow core).
+    importlib.import_module("candlestick_pipeline.definitions")
+    importlib.import_module("httpcore")
     # The parent's objects (Dagster's imports: about a million) live as long as the command. Frozen,
     # a worker's full collections skip them: each worker's first one took 130-170 ms, on the way to
     # its first ISS request, and wrote to (so copied) most of the pages it shares with the parent.

@@ -70,6 +70,14 @@ def test_under_a_profiler_the_usual_exit_lets_it_write_its_results(tmp_path: Pat
     assert stats.stat().st_size > 0  # (cProfile itself swallows the exit code: 0)
 
 
+def _printed_by(probe: str) -> list[str]:
+    """The words a fresh interpreter prints running ``probe``."""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    return result.stdout.split()
+
+
 def test_the_cli_is_imported_with_the_collector_off_and_left_on() -> None:
     """The console script imports the CLI without collecting, freezes what the import made (so
     later full collections skip it), and leaves the collector on for the command itself."""
@@ -83,8 +91,30 @@ def test_the_cli_is_imported_with_the_collector_off_and_left_on() -> None:
         "assert 'dagster' in sys.modules and run.__module__ == 'candlestick_pipeline.cli'\n"
         "print(len(seen), gc.isenabled(), gc.get_freeze_count())\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
-    )
-    collections, enabled, frozen = result.stdout.split()
+    collections, enabled, frozen = _printed_by(probe)
     assert collections == "0" and enabled == "True" and int(frozen) > 100_000
+
+
+def test_the_workers_inherit_the_job_modules_and_httpcore_imported() -> None:
+    """``candlestick load`` imports the job's modules and httpcore before it forks its workers, so
+    that no worker imports them again on its way to its first run."""
+    probe = (
+        "import sys\n"
+        "import candlestick_pipeline.cli as cli\n"
+        "wanted = ('candlestick_pipeline.definitions', 'httpcore')\n"
+        "assert not any(name in sys.modules for name in wanted), 'imported already'\n"
+        "class Pool:\n"
+        "    def __init__(self, **kwargs):\n"
+        "        print(*(name in sys.modules for name in wanted))\n"
+        "    def __enter__(self):\n"
+        "        return self\n"
+        "    def __exit__(self, *exc):\n"
+        "        return None\n"
+        "    def map(self, *args):\n"
+        "        return [True]\n"
+        "cli.ProcessPoolExecutor = Pool\n"
+        "cli.ensure_iss_pool = lambda instance: None\n"
+        "work = [(cli.SecurityKey.parse(key), ['2025-01-06']) for key in ('SBER.TQBR', 'GAZP.TQBR')]\n"
+        "assert cli._execute_work(None, 'candles_1m', work, 2) == 0\n"
+    )
+    assert _printed_by(probe) == ["True", "True"]
