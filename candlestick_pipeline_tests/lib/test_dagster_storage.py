@@ -96,6 +96,17 @@ def _last_materialization(conn: sa.Connection, serialized: str | None) -> tuple[
     return record.partition_key, stored == record.partition_key
 
 
+def _stored_check_event(conn: sa.Connection, storage_id: int | None) -> tuple[str, str] | None:
+    """The type and check name of the event a check execution row points at, so that a row that
+    points at another event shows."""
+    if storage_id is None:
+        return None
+    events = SqlEventLogStorageTable
+    serialized = conn.execute(sa.select(events.c.event).where(events.c.id == storage_id)).scalar_one()
+    event = deserialize_value(serialized).dagster_event
+    return event.event_type_value, event.event_specific_data.check_name
+
+
 def _index_rows(conn: sa.Connection) -> dict[str, list[tuple[Any, ...]]]:
     checks = AssetCheckExecutionsTable
     tags = AssetEventTagsTable
@@ -110,7 +121,7 @@ def _index_rows(conn: sa.Connection) -> dict[str, list[tuple[Any, ...]]]:
                 row.partition,
                 row.execution_status,
                 _event_type(row.evaluation_event),
-                row.evaluation_event_storage_id is not None,
+                _stored_check_event(conn, row.evaluation_event_storage_id),
             )
             for row in conn.execute(sa.select(checks))
         ),
@@ -235,3 +246,24 @@ def test_dagster_migration_scripts_are_read_once_a_process_and_no_one_elses() ->
     ours.set_main_option("script_location", str(MIGRATIONS_DIR))
     ours.set_main_option("path_separator", "os")
     assert ScriptDirectory.from_config(ours) is not ScriptDirectory.from_config(ours)
+
+
+def test_a_table_is_looked_up_until_it_exists_then_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    from candlestick_pipeline.lib.dagster_storage import BatchedSqliteStorage
+
+    asked: list[str] = []
+    real = SqliteEventLogStorage.has_table
+
+    def counted(self: SqliteEventLogStorage, table_name: str) -> bool:
+        asked.append(table_name)
+        return real(self, table_name)
+
+    monkeypatch.setattr(SqliteEventLogStorage, "has_table", counted)
+    event_log = BatchedSqliteStorage(str(tmp_path)).event_log_storage
+    assert [event_log.has_table("dynamic_partitions") for _ in range(3)] == [True] * 3
+    assert [event_log.has_table("no_such_table") for _ in range(2)] == [False] * 2
+    assert asked == ["dynamic_partitions", "no_such_table", "no_such_table"]
