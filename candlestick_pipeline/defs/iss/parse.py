@@ -197,8 +197,8 @@ def _fast_prices(name: str, values: Sequence[Any]) -> pl.Series | None:
 
 
 def _fast_candle_page(payload: Any, date_from: dt.date, date_till: dt.date) -> CandlePage | None:
-    """The usual page, parsed column-wise (0.55 ms instead of 2.2 ms for 500 rows row by row); ``None``
-    when the page is not plainly well-formed, and the row-by-row parser then decides and explains.
+    """The usual page, parsed column-wise (500 rows: 0.55-0.65 ms, row by row 1.8 ms); ``None`` when
+    the page is not plainly well-formed, and the row-by-row parser then decides and explains.
 
     Taken only for the plain form with every row a list of the right length, timestamps as
     ``YYYY-MM-DD HH:MM:SS`` strings, prices JSON ints or floats (never booleans) that are finite,
