@@ -56,6 +56,11 @@ ODD_COLUMNS: list[tuple[str, list[Any]]] = [
     ("blobs", [b"\xff\xfe", b"ok", b"", b"\x00", b"caf\xc3\xa9", b"z"]),
     ("nested", [{"value": 1, "label": "one"}, [1, 2], None, {"a": math.inf}, (), {}]),
     ("nulls", [None] * 6),
+    ("plain text", ["2024-01-03 10:00:00", "SBER", " ", "~!#$%&'()*+,-./:;<=>?@[]^_`{|}", "z", "0"]),
+    ("a delete to escape", ["plain", "a\x7fb", "plain", "plain", "plain", "plain"]),
+    ("a quote to escape", ["plain", 'a"b', "plain", "plain", "plain", "plain"]),
+    ("a backslash to escape", ["plain", "a\\b", "plain", "plain", "plain", "plain"]),
+    ("a sum too large", [1e308, 1e308, 1.0, 2.0, 3.0, 4.0]),
     ('we"ird %s name', [1, 2, 3, 4, 5, 6]),
 ]
 

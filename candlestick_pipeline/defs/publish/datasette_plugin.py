@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import json
 import math
 import operator
@@ -227,11 +228,12 @@ def menu_links(datasette: Any) -> list[dict[str, str]]:
 # Datasette 0.65's JSON renderer spends most of a 1000-row ``_shape=array`` page in Python: a
 # generator over every value of every row looking for infinities, a dict per row, then the encoder
 # walking those dicts. encode_array() writes the same bytes column by column with C-level loops:
-# the JSON string escaper mapped over text columns, ``%r`` (``float.__repr__``/``int.__repr__``,
-# exactly what the ``json`` encoder writes for finite numbers) for numeric columns, one
-# ``%``-template per row. Columns of mixed or other types are encoded value by value with
-# Datasette's own encoder. Other shapes and options (``_json``, ``_nl``, ``_json_infinity``) and
-# errors are left to Datasette's renderer.
+# text columns as they are between quotes when none of their characters needs escaping (else the
+# JSON string escaper mapped over them), ``repr`` (``float.__repr__``/``int.__repr__``, exactly
+# what the ``json`` encoder writes for finite numbers) for numeric columns, and each row joined
+# from its pieces and the constant key texts. Columns of mixed or other types are encoded value by
+# value with Datasette's own encoder. Other shapes and options (``_json``, ``_nl``,
+# ``_json_infinity``) and errors are left to Datasette's renderer.
 
 _INFINITIES = frozenset((math.inf, -math.inf))
 _ENCODER = CustomJSONEncoder()
@@ -258,19 +260,23 @@ def _encode_value(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
-def _column(values: tuple[Any, ...]) -> tuple[Sequence[Any], str]:
-    """The values of one column ready for the row template, and their conversion (%s or %r)."""
+def _column(values: tuple[Any, ...]) -> tuple[Sequence[str], bool]:
+    """The values of one column as JSON texts, and whether they are strings to be put between quotes
+    as they are (no character of them needs escaping: printable ASCII, no quote, no backslash)."""
     kinds = frozenset(map(type, values))
     if kinds == _STR:
-        return list(map(encode_basestring_ascii, values)), "%s"
+        text = "".join(values)
+        if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+            return values, True
+        return list(map(encode_basestring_ascii, values)), False
     if kinds in _NUMBERS:
-        try:
-            finite = all(map(math.isfinite, values))
-        except OverflowError:  # an int too large for a float: value by value
+        try:  # an infinity or a NaN makes the sum one (so does a sum too large: value by value then)
+            finite = math.isfinite(sum(values))
+        except OverflowError:  # an int too large for a float
             finite = False
         if finite:
-            return values, "%r"
-    return list(map(_encode_value, values)), "%s"
+            return list(map(repr, values)), False
+    return list(map(_encode_value, values)), False
 
 
 def encode_array(columns: Sequence[str], rows: Sequence[Iterable[Any]]) -> str | None:
@@ -284,17 +290,21 @@ def encode_array(columns: Sequence[str], rows: Sequence[Iterable[Any]]) -> str |
         return "[]"
     if len(set(columns)) != len(columns):
         return None
-    parts: list[Sequence[Any]] = []
-    template: list[str] = []
+    count = len(rows)
+    # Per row: "{" key, value, ", " key, value, ... "}"; the constant texts repeat down the rows.
+    pieces: list[Iterable[str]] = []
+    before = "{"
     try:
         for name, values in zip(columns, zip(*rows, strict=True), strict=True):
-            encoded, conversion = _column(values)
-            parts.append(encoded)
-            template.append(encode_basestring_ascii(name).replace("%", "%%") + ": " + conversion)
+            encoded, quoted = _column(values)
+            quote = '"' if quoted else ""
+            pieces.append(itertools.repeat(before + encode_basestring_ascii(name) + ": " + quote, count))
+            pieces.append(encoded)
+            before = quote + ", "
     except ValueError:
         return None
-    row_template = "{" + ", ".join(template) + "}"
-    return "[" + ", ".join(map(row_template.__mod__, zip(*parts, strict=True))) + "]"
+    pieces.append(itertools.repeat(before.removesuffix(", ") + "}", count))
+    return "[" + ", ".join(map("".join, zip(*pieces, strict=True))) + "]"
 
 
 def render_json(args: Any, data: Any, view_name: str) -> Response:
