@@ -222,6 +222,28 @@ def test_iss_extended_body_as_apimoex_asks_for_it() -> None:
     assert iss_route.build_body(request, []) == {}
 
 
+def test_iss_body_rows_pick_the_asked_columns_and_whole_volumes() -> None:
+    rows = [
+        (1.0, 2.0, 3.0, 0.5, 10.0, 7.0, "2024-01-03 10:00:00", "2024-01-03 10:00:59"),
+        (1.5, 2.5, 3.5, 1.0, 11.0, 8.5, "2024-01-03 10:01:00", "2024-01-03 10:01:59"),
+    ]
+    every = iss_route.build_body(iss_route.parse_request(PATH, []), rows)["candles"]["data"]
+    assert every == [
+        [1.0, 2.0, 3.0, 0.5, 10.0, 7, "2024-01-03 10:00:00", "2024-01-03 10:00:59"],
+        [1.5, 2.5, 3.5, 1.0, 11.0, 8.5, "2024-01-03 10:01:00", "2024-01-03 10:01:59"],
+    ]
+    assert type(every[0][5]) is int and type(every[1][5]) is float
+    some = iss_route.parse_request(PATH, [("candles.columns", "volume,begin")])
+    assert iss_route.build_body(some, rows)["candles"]["data"] == [
+        [7, "2024-01-03 10:00:00"],
+        [8.5, "2024-01-03 10:01:00"],
+    ]
+    none = iss_route.parse_request(PATH, [("candles.columns", ",")])
+    assert iss_route.build_body(none, rows)["candles"]["data"] == [[], []]
+    assert iss_route.build_body(none, [])["candles"]["data"] == []
+    assert iss_route.build_body(some, [])["candles"]["data"] == []
+
+
 def test_iss_security_checks() -> None:
     request = iss_route.parse_request(PATH, [])
     with pytest.raises(GuardError) as caught:

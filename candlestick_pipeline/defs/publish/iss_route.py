@@ -256,10 +256,19 @@ def _typed(column: str, value: Any) -> Any:
     return value
 
 
+def _typed_column(column: str, values: Sequence[Any]) -> Sequence[Any]:
+    if column != "volume" or float not in set(map(type, values)):
+        return values
+    return [_typed(column, value) for value in values]
+
+
 def build_body(request: CandlesRequest, rows: Sequence[Sequence[Any]]) -> Any:
     """The ISS response body (compact or extended) for one page of rows in ISS column order."""
-    indexes = [ISS_COLUMNS.index(name) for name in request.columns]
-    data = [[_typed(request.columns[i], row[index]) for i, index in enumerate(indexes)] for row in rows]
+    # Column by column: value by value, 500 rows took 0.46 ms.
+    by_column = list(zip(*rows, strict=True)) or [()] * len(ISS_COLUMNS)
+    picked = [_typed_column(name, by_column[ISS_COLUMNS.index(name)]) for name in request.columns]
+    # No columns asked for (``candles.columns=,``): still one (empty) list for each row.
+    data = [list(values) for values in zip(*picked, strict=True)] if picked else [[] for _ in rows]
     include = request.blocks is None or "candles" in request.blocks
     if request.extended:
         blocks: dict[str, Any] = {}
