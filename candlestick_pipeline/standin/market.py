@@ -48,11 +48,9 @@ import random
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import polars as pl
-
-_Encoded = TypeVar("_Encoded")
 
 INTERVALS: tuple[int, ...] = (1, 10, 60, 24, 7, 31, 4)
 """ISS interval codes: 1/10/60 minutes, 24 day, 7 week, 31 month, 4 quarter."""
@@ -1152,53 +1150,17 @@ class SyntheticMarket:
         reverse: bool = False,
         delay_minutes: float = 0.0,
         revision: int | None = None,
-    ) -> list[Bar]:
+        encode: Callable[[Bar], Any] | None = None,
+    ) -> list[Any]:
         """Bars with begin in [start, end), ascending (descending with ``reverse``), rows
         ``offset .. offset+limit`` of that list. Only what exists at ``now`` (minus the delay).
+
+        With ``encode`` (a pure function of a bar), each bar passed through it: what it makes of a
+        finished day's intraday bars is cached, so a page of them costs a slice.
 
         Raises ``KeyError`` for a secid/board pair that is not listed and ``ValueError`` for an
         interval that ISS does not have.
         """
-        return self._page(
-            secid, board, interval, start, end, now, offset, limit, reverse, delay_minutes, revision
-        )
-
-    def encoded_page(
-        self,
-        secid: str,
-        board: str,
-        interval: int,
-        start: dt.datetime,
-        end: dt.datetime,
-        now: dt.datetime,
-        encode: Callable[[Bar], _Encoded],
-        *,
-        offset: int = 0,
-        limit: int | None = None,
-        reverse: bool = False,
-        delay_minutes: float = 0.0,
-    ) -> list[_Encoded]:
-        """:meth:`page`, each bar passed through ``encode``, a pure function of the bar: what it
-        makes of a finished day's intraday bars is cached, so a page of them costs a slice."""
-        return self._page(
-            secid, board, interval, start, end, now, offset, limit, reverse, delay_minutes, None, encode
-        )
-
-    def _page(
-        self,
-        secid: str,
-        board: str,
-        interval: int,
-        start: dt.datetime,
-        end: dt.datetime,
-        now: dt.datetime,
-        offset: int,
-        limit: int | None,
-        reverse: bool,
-        delay_minutes: float,
-        revision: int | None,
-        encode: Callable[[Bar], Any] | None = None,
-    ) -> list[Any]:
         listing = self._require(secid, board)
         if interval not in INTERVALS:
             raise ValueError(f"unknown ISS interval {interval}")

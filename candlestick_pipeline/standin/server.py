@@ -1076,13 +1076,13 @@ class ISSStandIn:
         query = (listing.secid, listing.boardid, interval, start, end, self.now)
         reverse, delay = _truthy(params.get("iss.reverse")), self.faults.delay_minutes
         if _splices_encoded(params, "candles"):
-            texts = self.market.encoded_page(
+            texts = self.market.page(
                 *query,
-                _encode_candle,
                 offset=start_row,
                 limit=PAGE_SIZE,
                 reverse=reverse,
                 delay_minutes=delay,
+                encode=_encode_candle,
             )
             return _Block("candles", _CANDLE_METADATA, _EncodedRows(texts))
         bars = self.market.page(
