@@ -23,6 +23,12 @@ ideal ``pages x latency / C`` and wall / ideal (target <= 1.25), candles/s, runs
 the rest went (process start-up, run bookkeeping, the load step, the checks step), read from the
 run and step records of the instance.
 
+Before the workloads it measures **Dagster's floor** on this box and storage
+(``benchmarks/_dagster_floor.py``, skip with ``--no-floor``): a fresh process that imports Dagster,
+opens the same kind of instance and materializes one asset that does nothing. No process that
+records a run can finish sooner, so each B1 line is also given against ``ideal + floor``, and what
+is left beyond that is the pipeline's own (its imports, planning, writes, events and checks).
+
 B2 is the old service, implemented here with plain httpx: per security, the whole range paged one
 request after another, a new HTTP session per request, every candle held in memory and written
 with one SQLAlchemy insert in one transaction at the end. Printed beside B1 as B2 / B1.
@@ -41,6 +47,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
+import json
 import os
 import resource
 import subprocess
@@ -412,6 +419,35 @@ def per_run_startup(
             raise SystemExit("a start-up probe failed")
 
 
+@dataclass(frozen=True)
+class Floor:
+    """Dagster's floor on this box (benchmarks/_dagster_floor.py), seconds after the process started."""
+
+    body: float
+    end: float
+
+
+def dagster_floor(storage: str, warehouse_kind: str, pg_admin_dsn: str, repeats: int = 3) -> Floor:
+    """The best of ``repeats`` one-asset runs, each in a fresh process, in a throw-away instance of
+    ``storage`` (after one unmeasured run that creates the instance's tables, as B1's
+    ``create-security`` does before its timed command)."""
+    probe = [sys.executable, str(Path(__file__).with_name("_dagster_floor.py"))]
+    bodies: list[float] = []
+    ends: list[float] = []
+    with project_home(storage, warehouse_kind, pg_admin_dsn) as project:
+        env = project.env()
+        for attempt in range(repeats + 1):
+            started = time.time()
+            done = subprocess.run(probe, env=env, capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise SystemExit(f"the Dagster floor probe failed:\n{done.stderr[-2000:]}")
+            marks = json.loads(done.stdout.strip().splitlines()[-1])
+            if attempt:
+                bodies.append(marks["body"] - started)
+                ends.append(marks["end"] - started)
+    return Floor(min(bodies), min(ends))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -457,6 +493,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--timeline", action="store_true", help="print each B1 run's phases (seconds from the start)"
     )
+    parser.add_argument(
+        "--no-floor", action="store_true", help="skip measuring Dagster's floor (a one-asset run) first"
+    )
     args = parser.parse_args(argv)
     catalog = tuple(args.keys) if args.keys else CATALOG
     if not 1 <= args.securities <= len(catalog):
@@ -491,6 +530,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"warehouse {args.warehouse}; runner: candlestick load (subprocesses); {bytecode_state()}",
         flush=True,
     )
+    floors: dict[str, Floor] = {}
+    if not args.no_floor:
+        for storage in args.storage:
+            floors[storage] = floor = dagster_floor(storage, args.warehouse, args.pg_admin_dsn)
+            print(
+                f"Dagster's floor ({storage} storage): a fresh process that imports Dagster, opens the "
+                f"instance and materializes one asset that does nothing reaches the body at "
+                f"{floor.body:.2f}s and exits at {floor.end:.2f}s (best of 3)",
+                flush=True,
+            )
     standin: ISS = ExternalISS(args.iss_url) if args.iss_url else StandInProcess(args.now)
     with standin:
         if not args.no_warm_up:
@@ -525,6 +574,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 b1.append(result)
                 print(result.line(), flush=True)
                 print(result.breakdown, flush=True)
+                if storage in floors:
+                    bound = result.ideal + floors[storage].end
+                    print(
+                        f"    against the ideal plus Dagster's floor ({result.ideal:.2f}s + "
+                        f"{floors[storage].end:.2f}s): {result.seconds / bound:.2f}x, "
+                        f"{result.seconds - bound:.2f}s of the pipeline's own",
+                        flush=True,
+                    )
             if not args.no_baseline:
                 b2 = run_b2(standin, work, args.latency_ms, args.warehouse, args.pg_admin_dsn)
                 print(b2.line().replace(" ratio=", " (sequential) ratio="), flush=True)
