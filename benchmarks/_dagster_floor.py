@@ -1,6 +1,7 @@
 """Dagster's own floor for B1: a process that imports Dagster, opens the instance of DAGSTER_HOME and
-materializes one asset that does nothing. Prints when the asset's body ran and when the run ended,
-as Unix times (JSON), so that the caller can subtract its own start.
+materializes one asset that does nothing. Prints, as Unix times (JSON) from which the caller
+subtracts its own start, when Dagster was imported, the instance open, the asset's body running and
+the run ended.
 
 Nothing of the pipeline runs except what the instance needs (the storage classes ``dagster.yaml``
 names). Like ``candlestick``, it imports with the garbage collector off and exits without

@@ -26,8 +26,10 @@ run and step records of the instance.
 Before the workloads it measures **Dagster's floor** on this box and storage
 (``benchmarks/_dagster_floor.py``, skip with ``--no-floor``): a fresh process that imports Dagster,
 opens the same kind of instance and materializes one asset that does nothing. No process that
-records a run can finish sooner, so each B1 line is also given against ``ideal + floor``, and what
-is left beyond that is the pipeline's own (its imports, planning, writes, events and checks).
+records a run can finish sooner, so each B1 line is also given against ``ideal + floor``. What is
+left beyond that is split into the ISS window's excess over the ideal (the stand-in's own time per
+request, idle slots) and the rest, the pipeline's own start and end (its imports, planning, the last
+writes, events and checks).
 
 B2 is the old service, implemented here with plain httpx: per security, the whole range paged one
 request after another, a new HTTP session per request, every candle held in memory and written
@@ -111,6 +113,7 @@ class Result:
     latency_ms: float
     cpu_seconds: float = 0.0
     breakdown: str = ""
+    iss_window: float | None = None  # first request to last answer, as the stand-in saw it
 
     @property
     def ideal(self) -> float:
@@ -294,13 +297,14 @@ def run_b1(
         counted = standin.candle_requests()
         pages = run_pages if counted is None else counted
         utilisation = standin.utilisation()
+        iss_window = None if utilisation is None else utilisation[1]
         if utilisation is not None:
             breakdown += (
                 f"\n    ISS: {utilisation[0]:.2f} requests in flight on average (C={concurrency}) from the "
                 f"first request to the last answer, {utilisation[1]:.2f}s"
             )
     label = f"B1 {work.name} {layout}/{storage}"
-    return Result(label, concurrency, runs, pages, candles, seconds, latency_ms, cpu, breakdown)
+    return Result(label, concurrency, runs, pages, candles, seconds, latency_ms, cpu, breakdown, iss_window)
 
 
 # --- B2: the old service ------------------------------------------------------------------------
@@ -419,33 +423,63 @@ def per_run_startup(
             raise SystemExit("a start-up probe failed")
 
 
+_FLOOR_RUNS = 3
+_FLOOR_MARKS = ("imported", "instance", "body", "end")
+
+
 @dataclass(frozen=True)
 class Floor:
-    """Dagster's floor on this box (benchmarks/_dagster_floor.py), seconds after the process started."""
+    """Dagster's floor on this box (benchmarks/_dagster_floor.py): seconds after the process started
+    until Dagster was imported, the instance open, the asset's body running and the process done."""
 
+    imported: float
+    instance: float
     body: float
     end: float
 
+    def line(self, storage: str) -> str:
+        return (
+            f"Dagster's floor ({storage} storage, best of {_FLOOR_RUNS}): a fresh process that imports "
+            f"Dagster ({self.imported:.2f}s), opens the instance ({self.instance:.2f}s) and materializes "
+            f"one asset that does nothing reaches its body at {self.body:.2f}s and exits at {self.end:.2f}s"
+        )
 
-def dagster_floor(storage: str, warehouse_kind: str, pg_admin_dsn: str, repeats: int = 3) -> Floor:
-    """The best of ``repeats`` one-asset runs, each in a fresh process, in a throw-away instance of
-    ``storage`` (after one unmeasured run that creates the instance's tables, as B1's
+
+def dagster_floor(storage: str, warehouse_kind: str, pg_admin_dsn: str) -> Floor:
+    """The quickest of ``_FLOOR_RUNS`` one-asset runs, each in a fresh process, in a throw-away
+    instance of ``storage`` (after one unmeasured run that creates the instance's tables, as B1's
     ``create-security`` does before its timed command)."""
     probe = [sys.executable, str(Path(__file__).with_name("_dagster_floor.py"))]
-    bodies: list[float] = []
-    ends: list[float] = []
+    floors: list[Floor] = []
     with project_home(storage, warehouse_kind, pg_admin_dsn) as project:
         env = project.env()
-        for attempt in range(repeats + 1):
+        for attempt in range(_FLOOR_RUNS + 1):
             started = time.time()
             done = subprocess.run(probe, env=env, capture_output=True, text=True, check=False)
             if done.returncode:
                 raise SystemExit(f"the Dagster floor probe failed:\n{done.stderr[-2000:]}")
             marks = json.loads(done.stdout.strip().splitlines()[-1])
             if attempt:
-                bodies.append(marks["body"] - started)
-                ends.append(marks["end"] - started)
-    return Floor(min(bodies), min(ends))
+                floors.append(Floor(**{name: marks[name] - started for name in _FLOOR_MARKS}))
+    return min(floors, key=lambda floor: floor.end)
+
+
+def beyond_floor(result: Result, floor: Floor) -> str:
+    """B1's wall against ``ideal + floor``, and where the rest went: the ISS window's excess over
+    the ideal (the stand-in's own time beyond its latency, and any slot left idle) and the rest, the
+    pipeline's own start and end."""
+    bound = result.ideal + floor.end
+    line = (
+        f"    against the ideal plus Dagster's floor ({result.ideal:.2f}s + {floor.end:.2f}s): "
+        f"{result.seconds / bound:.2f}x, {result.seconds - bound:.2f}s beyond"
+    )
+    if result.iss_window is None:
+        return line
+    in_window = result.iss_window - result.ideal
+    return (
+        f"{line}: {in_window:.2f}s in the ISS window beyond the ideal, "
+        f"{result.seconds - bound - in_window:.2f}s the pipeline's own start and end"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -533,13 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     floors: dict[str, Floor] = {}
     if not args.no_floor:
         for storage in args.storage:
-            floors[storage] = floor = dagster_floor(storage, args.warehouse, args.pg_admin_dsn)
-            print(
-                f"Dagster's floor ({storage} storage): a fresh process that imports Dagster, opens the "
-                f"instance and materializes one asset that does nothing reaches the body at "
-                f"{floor.body:.2f}s and exits at {floor.end:.2f}s (best of 3)",
-                flush=True,
-            )
+            floors[storage] = dagster_floor(storage, args.warehouse, args.pg_admin_dsn)
+            print(floors[storage].line(storage), flush=True)
     standin: ISS = ExternalISS(args.iss_url) if args.iss_url else StandInProcess(args.now)
     with standin:
         if not args.no_warm_up:
@@ -575,13 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(result.line(), flush=True)
                 print(result.breakdown, flush=True)
                 if storage in floors:
-                    bound = result.ideal + floors[storage].end
-                    print(
-                        f"    against the ideal plus Dagster's floor ({result.ideal:.2f}s + "
-                        f"{floors[storage].end:.2f}s): {result.seconds / bound:.2f}x, "
-                        f"{result.seconds - bound:.2f}s of the pipeline's own",
-                        flush=True,
-                    )
+                    print(beyond_floor(result, floors[storage]), flush=True)
             if not args.no_baseline:
                 b2 = run_b2(standin, work, args.latency_ms, args.warehouse, args.pg_admin_dsn)
                 print(b2.line().replace(" ratio=", " (sequential) ratio="), flush=True)

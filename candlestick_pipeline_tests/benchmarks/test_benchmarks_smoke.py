@@ -34,11 +34,11 @@ SMOKE_COMMANDS: dict[str, list[str]] = {
 
 EXPECTED_OUTPUT: dict[str, list[str]] = {
     "bench_backfill.py": [
-        "Dagster's floor (sqlite storage)",
-        "Dagster's floor (postgres storage)",
+        "Dagster's floor (sqlite storage, best of 3)",
+        "Dagster's floor (postgres storage, best of 3)",
         "B1 1m 2sec x 2d one-process",
         "B1 1h 1sec x 1mo",
-        "against the ideal plus Dagster's floor",
+        "s the pipeline's own start and end",
         "B2 1m",
         "B2/B1 wall",
     ],
