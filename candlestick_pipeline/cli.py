@@ -33,6 +33,10 @@ from candlestick_pipeline.lib.scripts import console_script
 from candlestick_pipeline.lib.securities import InvalidSecurityKeyError, SecurityKey
 from candlestick_pipeline.lib.timeframes import TIMEFRAMES, UnknownTimeframeError, get_timeframe
 
+# Dagster's console logger levels; its DEBUG lines are one per event (a 120-partition run prints
+# 130), which drowns what a terminal user wants: the loader's own lines, warnings and the outcome.
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
 
 class _UserError(click.ClickException):
     """An error the user can fix; printed without a traceback, exit code 2."""
@@ -160,6 +164,14 @@ def _parse_date(value: str, name: str) -> dt.date:
     help="Runs at once, in worker processes (default: one per security, up to ISS_MAX_CONCURRENCY); "
     "they share ISS_MAX_CONCURRENCY requests in flight.",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(_LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="The least level of the runs' log lines printed here (Dagster's console logger; debug shows "
+    "every event). The Dagster UI keeps every event of a run whatever this is.",
+)
 def load(
     keys: tuple[str, ...],
     timeframe_name: str,
@@ -168,6 +180,7 @@ def load(
     refresh: bool,
     dry_run: bool,
     parallel: int | None,
+    log_level: str,
 ) -> None:
     """Load the candles of KEY (SECID.BOARD; several KEYs at once) for a range, fetching only the
     partitions that are not loaded yet.
@@ -210,22 +223,9 @@ def load(
         if dry_run:
             return
         work = [(security, run) for security, runs in plans for run in runs]
-        failed = _execute_runs(instance, timeframe.asset_name, work, parallel)
+        failed = _execute_work(instance, timeframe.asset_name, work, parallel, log_level)
     if failed:
         raise _UserError(f"{failed} run(s) failed; see the Dagster UI or `dagster run list`")
-
-
-def _execute_runs(
-    instance: dg.DagsterInstance,
-    asset_name: str,
-    work: list[tuple[SecurityKey, list[str]]],
-    parallel: int | None,
-) -> int:
-    """Execute one run per (security, partition range), ``parallel`` at once; the number that failed."""
-    if not work:
-        return 0
-    # Their events go in batches: DAGSTER_EVENT_BATCH_SIZE, set by the package (__init__.py).
-    return _execute_work(instance, asset_name, work, parallel)
 
 
 def _execute_work(
@@ -233,11 +233,20 @@ def _execute_work(
     asset_name: str,
     work: list[tuple[SecurityKey, list[str]]],
     parallel: int | None,
+    log_level: str = "info",
 ) -> int:
+    """Execute one run per (security, partition range), ``parallel`` at once; the number that failed.
+
+    Their events go in batches: DAGSTER_EVENT_BATCH_SIZE, set by the package (__init__.py).
+    """
+    if not work:
+        return 0
     concurrency = config.ISSSettings.from_env().max_concurrency
     workers = max(1, min(len(work), parallel or concurrency))
     if workers == 1:
-        outcomes = [_execute_run(asset_name, str(key), run, concurrency, instance) for key, run in work]
+        outcomes = [
+            _execute_run(asset_name, str(key), run, concurrency, log_level, instance) for key, run in work
+        ]
         return sum(not ok for ok in outcomes)
     # The workers share one budget of ISS_MAX_CONCURRENCY requests in flight (defs/iss/gate.py), so
     # ISS sees no more than one run alone would, and no slot idles while its worker does Dagster
@@ -258,7 +267,7 @@ def _execute_work(
     try:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
         with pool:
-            args = [(asset_name, str(security), run, concurrency) for security, run in work]
+            args = [(asset_name, str(security), run, concurrency, log_level) for security, run in work]
             return sum(not ok for ok in pool.map(_execute_run, *zip(*args, strict=True)))
     finally:
         iss_gate.stop_sharing()
@@ -287,6 +296,7 @@ def _execute_run(
     security: str,
     run: list[str],
     iss_max_concurrency: int,
+    log_level: str,
     instance: dg.DagsterInstance | None = None,
 ) -> bool:
     """One run of ``asset_name`` over ``run`` (date keys) of ``security``; whether it succeeded."""
@@ -299,6 +309,7 @@ def _execute_run(
     with iss_gate.start_up_in_turn():
         result = _job_for(asset_name, iss_max_concurrency).execute_in_process(
             instance=instance or _worker_instance(),
+            run_config={"loggers": {"console": {"config": {"log_level": log_level.upper()}}}},
             tags=tags,
             asset_selection=[dg.AssetKey(asset_name)],
             raise_on_error=False,

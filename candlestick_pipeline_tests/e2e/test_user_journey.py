@@ -81,6 +81,9 @@ def test_add_securities_backfill_and_reload_only_what_is_missing(project: Projec
         "candlestick", "load", "SBER.TQBR", "-t", "1m", "--from", "2025-05-30", "--till", "2025-06-09"
     )
     assert "11 partition(s), 7 already loaded, 4 to load in 2 run(s)" in out.stdout
+    # By default the runs print their INFO lines and above, not a DEBUG line for every event.
+    assert "loading 3 partition(s) of SBER.TQBR 1m: 2025-05-30 .. 2025-06-01" in out.stderr
+    assert " - DEBUG - " not in out.stderr
     assert _requested_dates(project) == {"2025-05-30", "2025-05-31", "2025-06-01", "2025-06-09"}
     _assert_warehouse_equals_source(
         project, SBER, "1m", 1, dt.datetime(2025, 5, 30), dt.datetime(2025, 6, 10)
@@ -130,7 +133,7 @@ def test_several_securities_load_in_parallel_runs_that_share_the_iss_concurrency
     dates = ("--from", "2025-05-19", "--till", "2025-06-08")
     dagster_db = project.extra_env.get("DAGSTER_PG_URL", "").rpartition("/")[2]
     sessions_before = pg_sessions_opened(dagster_db) if dagster_db else 0
-    out = project.run("candlestick", "load", *keys, "-t", "1m", *dates)
+    out = project.run("candlestick", "load", *keys, "-t", "1m", *dates, "--log-level", "debug")
     if dagster_db:
         # Each process holds its connections to Dagster's storage for all its runs: 769 sessions for
         # these 3 runs of 21 partitions when Dagster opened one per storage call, 37 now.
@@ -138,6 +141,7 @@ def test_several_securities_load_in_parallel_runs_that_share_the_iss_concurrency
     # One run per security, in three worker processes sharing ISS_MAX_CONCURRENCY slots: they ran at
     # the same time, and ISS never saw more than ISS_MAX_CONCURRENCY requests at once.
     assert out.stdout.count(": ok, run ") == 3
+    assert out.stderr.count("ASSET_MATERIALIZATION - Materialized value candles_1m.") == 3 * 21
     assert 2 <= project.standin.stats.snapshot()["max_in_flight"] <= 3
     for key in keys:
         security = SecurityKey.parse(key)
