@@ -22,6 +22,7 @@ from candlestick_pipeline.defs.iss.client import (
     VALID_INTERVALS,
     ClientStats,
     ISSClient,
+    _bars_left,
     shared_ssl_context,
 )
 from candlestick_pipeline.defs.iss.errors import (
@@ -686,6 +687,44 @@ def test_a_stream_keeps_at_most_its_width_in_flight_with_as_many_again_ready() -
     assert iss.max_in_flight == 2
     # 30 pages of data and the empty one; at most 2 x 2 - 1 sent past the end before it showed.
     assert 31 <= len(iss.requests) <= 31 + 2 * 2 - 1
+
+
+def test_a_stream_sends_nothing_that_the_last_bar_of_a_page_shows_the_query_cannot_hold() -> None:
+    # Ten days asked for (so the width is not cut to 1), 1,400 bars on the last one, from 00:00.
+    last = D(2024, 3, 10)
+    iss = _PagedISS(_bars(last, 1400, start_minute=-600))
+
+    def slow_end(request: httpx.Request) -> httpx.Response:
+        if int(request.url.params["start"]) >= 1000:  # the short page and beyond come last
+            time.sleep(0.1)
+        return iss(request)
+
+    with _client(slow_end, max_concurrency=4) as client:
+        stream = client.stream_candles(SBER, 1, D(2024, 3, 1), last)
+        assert sum(frame.height for frame in stream) == 1400
+    # The first four are submitted before any answer (1500 may still be dropped before it is sent).
+    # Page 0's last bar (08:19 on the last day) leaves room for 941 more rows, so nothing goes to
+    # 2000, 2500...: only the empty page that ends the query.
+    starts = {int(r.url.params["start"]) for r in iss.requests}
+    assert {0, 500, 1000, 1400} <= starts <= {0, 500, 1000, 1400, 1500}
+    assert len(iss.requests) == len(starts)
+
+
+@pytest.mark.parametrize(
+    ("interval", "last_begin", "left"),
+    [
+        (1, T(2024, 3, 10, 23, 59), 1),
+        (1, T(2024, 3, 10, 8, 19), 941),
+        (1, T(2024, 3, 9, 23, 59, 30), 1441),  # unaligned: rounded up, never under
+        (10, T(2024, 3, 10, 18, 40), 32),
+        (60, T(2024, 3, 8, 23, 0), 49),
+        (1, T(2024, 3, 11, 0, 0), 0),  # past the window: nothing more
+        (24, T(2024, 3, 10), None),
+        (31, T(2024, 3, 1), None),
+    ],
+)
+def test_the_bars_a_page_leaves_room_for(interval: int, last_begin: T, left: int | None) -> None:
+    assert _bars_left(interval, last_begin, D(2024, 3, 10)) == left
 
 
 def test_a_failed_page_ends_the_stream_and_sends_nothing_more() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -37,8 +38,12 @@ def _page(
     row_bound: int | None = None,
     seed: int = 0,
     drop_unwanted: bool = True,
+    learn: Callable[[int, int], int] | None = None,
 ) -> list[int]:
-    """Drive a pager against ``server`` answering in a random order; the rows handed out."""
+    """Drive a pager against ``server`` answering in a random order; the rows handed out.
+
+    ``learn(offset, rows)``, if given, is the bound each answer teaches (``OffsetPager.bound_rows``).
+    """
     rng = random.Random(seed)
     pager = OffsetPager(width, guess=guess, row_bound=row_bound)
     pages: dict[int, int] = {}
@@ -60,6 +65,8 @@ def _page(
         if count:
             pages[offset] = count
         pager.received(offset, count)
+        if learn is not None and count:
+            pager.bound_rows(learn(offset, count))
     raise AssertionError("the pager never finished")
 
 
@@ -140,6 +147,39 @@ def test_the_row_bound_stops_speculation() -> None:
     # 900 rows can hold at most 1000: pages 0 and 500, then the empty page at 900. Nothing at 1000+.
     assert _page(server, 8, row_bound=1000) == list(range(900))
     assert max(server.answers) == 900
+
+
+def test_a_bound_learned_from_a_page_stops_speculation_beyond_it() -> None:
+    pager = OffsetPager(4)
+    assert pager.next_requests() == [0, 500, 1000, 1500]
+    pager.received(0, 500)
+    pager.bound_rows(1200)  # the last bar of page 0 leaves room for 700 more rows at most
+    pager.bound_rows(5000)  # a looser bound learned later changes nothing
+    assert [pager.wanted(offset) for offset in (500, 1000, 1500)] == [True, True, False]
+    pager.dropped(1500)
+    pager.received(500, 500)
+    assert pager.next_requests() == []  # nothing at 1500 or beyond: no row can be there
+    pager.received(1000, 200)
+    assert pager.take() == [(0, 0), (500, 0), (1000, 0)]
+    assert pager.next_requests() == [1200]  # the empty page that ends the query is still asked for
+    pager.received(1200, 0)
+    assert pager.done
+    with pytest.raises(ValueError, match="most"):
+        pager.bound_rows(-1)
+
+
+@pytest.mark.parametrize("slack", [-700, -1, 0, 1, 333, 10_000])
+def test_a_learned_bound_costs_time_never_rows_and_a_true_one_saves_requests(slack: int) -> None:
+    total = 4321
+    for width in (2, 4, 8):
+        for seed in range(5):
+            server = _Server(total, 500)
+            # What a page's last bar teaches: at most ``total - end + slack`` rows after it.
+            learned = _page(server, width, seed=seed, learn=lambda offset, rows: total + slack)
+            assert learned == list(range(total)), (width, seed)
+            if 0 <= slack < 500 - total % 500:
+                # Nothing past the end but the empty page that confirms it (offset 4321).
+                assert sorted(server.answers) == [*range(0, total, 500), total], (width, seed)
 
 
 def test_rows_appended_while_paging_are_taken_too() -> None:

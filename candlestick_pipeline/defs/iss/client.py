@@ -527,6 +527,24 @@ def _row_bound(interval: int, date_from: dt.date, date_till: dt.date) -> int:
     return ((date_till - date_from).days + 1) * _MOST_PER_DAY.get(interval, 1) + 1
 
 
+def _bars_left(interval: int, last_begin: dt.datetime, date_till: dt.date) -> int | None:
+    """The most intraday bars that can begin after ``last_begin`` up to the end of ``date_till``.
+
+    ISS sends a query's rows in ``begin`` order, so a page whose last bar begins late on the last day
+    shows that the query ends within a few pages. ``None`` for day and longer intervals, whose
+    queries are short.
+    """
+    minutes = _INTRADAY_MINUTES.get(interval)
+    if minutes is None:
+        return None
+    left = dt.datetime.combine(date_till + dt.timedelta(days=1), dt.time()) - last_begin
+    # Bars at least ``minutes`` apart: rounded up, so an unaligned bar cannot exceed the count.
+    return max(0, math.ceil(left / dt.timedelta(minutes=minutes)))
+
+
+_INTRADAY_MINUTES = {1: 1, 10: 10, 60: 60}
+
+
 class CandleStream:
     """The pages of one candle query, in order, up to ``width`` of them in flight at once.
 
@@ -680,12 +698,22 @@ class CandleStream:
                     if arrived.page.rows_received:
                         answers[start] = arrived
                     pager.received(start, arrived.page.rows_received)
+                    self._bound_by_last_bar(pager, start, arrived.page)
         finally:
             if pending:  # an error, or the consumer left early: send nothing more, retry nothing
                 self._abort.set()
             self._stop.set()
             for future in pending:
                 future.cancel()
+
+    def _bound_by_last_bar(self, pager: OffsetPager, start: int, page: CandlePage) -> None:
+        """Tell the pager how many rows can follow this page's last bar: near the query's end, no
+        request is sent for offsets its last day cannot fill (at C=8, 3-6 such requests a query)."""
+        if page.frame.is_empty():
+            return
+        left = _bars_left(self._interval, page.frame.get_column("begin")[-1], self._date_till)
+        if left is not None:
+            pager.bound_rows(start + page.rows_received + left)
 
     def _settle(self, pending: dict[Future[_PageAnswer | None], int]) -> None:
         """Wait for the pages already sent beyond the end, so that every request is counted.

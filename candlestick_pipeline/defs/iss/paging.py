@@ -16,7 +16,10 @@ Nothing here trusts the guessed page size. Requests beyond the first page are *s
   come back there instead, the page size was smaller than guessed: the stride becomes the largest
   page seen and every gap is requested at its own offset;
 * the query ends only when a page with no rows has come back at an offset the pages before it
-  reach, so every row is taken exactly once, in order, whatever the server's page size.
+  reach, so every row is taken exactly once, in order, whatever the server's page size;
+* a bound on the query's rows (``row_bound``, lowered on the way by :meth:`OffsetPager.bound_rows`
+  as pages show how late their last bar begins) stops speculation beyond it, but never a request
+  that the rows seen make necessary.
 
 The pager is a pure state machine (no I/O, no threads), driven by ``ISSClient.stream_candles``.
 """
@@ -92,6 +95,8 @@ class OffsetPager:
         """
         if self._done or (self._limit is not None and offset >= self._limit):
             return False
+        if self._row_bound is not None and offset >= self._row_bound and offset > self._position:
+            return False
         return self._short_end is None or offset <= self._short_end
 
     # ---------------------------------------------------------------------------------------------
@@ -131,6 +136,14 @@ class OffsetPager:
             if rows < self._stride and page.end >= self._known_reach():
                 self._short_end = page.end if self._short_end is None else min(self._short_end, page.end)
         self._settle()
+
+    def bound_rows(self, most: int) -> None:
+        """The query holds at most ``most`` rows (learned on the way: lowers ``row_bound``, never
+        raises it). Speculative requests at or beyond it are not sent; as with ``row_bound``, a
+        bound that is too low costs time, never rows."""
+        if most < 0:
+            raise ValueError(f"most must be >= 0, got {most}")
+        self._row_bound = most if self._row_bound is None else min(self._row_bound, most)
 
     def dropped(self, offset: int) -> None:
         """A request for ``offset`` was not sent (see :meth:`wanted`)."""
