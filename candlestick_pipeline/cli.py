@@ -94,15 +94,24 @@ def create_security(secid: str, board: str | None) -> None:
         finally:
             engine.dispose()
         key = info.key.partition_key
-        if not instance.has_dynamic_partition(SECURITIES_PARTITIONS, key):
+        registered = instance.has_dynamic_partition(SECURITIES_PARTITIONS, key)
+        if not registered:
             instance.add_dynamic_partitions(SECURITIES_PARTITIONS, [key])
         # The sensors then request this security's first runs all at once.
         ensure_iss_pool(instance)
     primary = "primary board" if info.is_primary else "not its primary board"
+    what = "refreshed (registered already)" if registered else "added"
     click.echo(
-        f"added {key}: {info.shortname or info.name or info.secid} "
+        f"{what} {key}: {info.shortname or info.name or info.secid} "
         f"({info.engine}/{info.market}, {primary}); partition key {key}"
     )
+    if not info.is_traded:
+        till = f" (listed till {info.listed_till})" if info.listed_till else ""
+        click.echo(
+            f"note: ISS lists {info.secid} as no longer traded on {info.board}{till}: "
+            "its history loads, later days stay empty",
+            err=True,
+        )
 
 
 @main.command("remove-security")

@@ -90,12 +90,19 @@ def test_create_security_refuses_what_iss_does_not_know_and_keys_that_would_brea
     assert "added SBER.TQBR" in cli("create-security", " sber ").output
     assert "added SBER.SMAL" in cli("create-security", "Sber", " smal ").output
     assert "added SiZ5.RFUD" in cli("create-security", "siz5").output  # ISS's spelling is kept
-    assert "added SBER.TQBR" in cli("create-security", "SBER").output  # again: no duplicate
+    again = cli("create-security", "SBER").output  # again: no duplicate, the row refreshed
+    assert "refreshed (registered already) SBER.TQBR" in again and "no longer traded" not in again
     with engine_for(cli.project.warehouse_dsn) as engine:
         keys = [info.key.partition_key for info in warehouse.list_securities(engine)]
     with cli.instance() as instance:
         partitions = sorted(instance.get_dynamic_partitions(SECURITIES_PARTITIONS))
     assert keys == partitions == ["SBER.SMAL", "SBER.TQBR", "SiZ5.RFUD"]
+
+    # A security that no longer trades is registered (its history loads), with a note saying so.
+    standin.set_now(dt.datetime(2026, 1, 12, 12, 0))  # SiZ5 expired on 2025-12-18
+    expired = cli("create-security", "SiZ5")
+    assert expired.exit_code == 0 and "refreshed (registered already) SiZ5.RFUD" in expired.stdout
+    assert "note: ISS lists SiZ5 as no longer traded on RFUD (listed till 2025-12-18)" in expired.stderr
 
 
 @pytest.mark.parametrize("warehouse_dsn", ["sqlite"], indirect=True)
