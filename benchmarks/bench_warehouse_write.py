@@ -10,7 +10,10 @@ Generates synthetic 1-minute candles (by default 10 securities x 100 days x 1,00
   ``volume`` differ): a correction of everything, the worst case of a refresh;
 * ``overwrite-1pct``: over the loaded data, 1 candle in 100 with other values;
 * ``batched``: one ``replace_candles_many`` per security covering all its day windows, into an empty
-  warehouse: a single-run backfill.
+  warehouse: a single-run backfill;
+* ``publish``: the warehouse filled as by ``batched`` (not timed), then every partition copied into
+  a new SQLite publication the way ``published_candles_1m`` does in a backfill run (64 windows of a
+  security a transaction): what keeping Datasette's file in step costs.
 
 Each mode gets a fresh SQLite file and a fresh PostgreSQL database (``cp_bench_<random>``, created
 and dropped through the admin DSN). Frame generation is not timed. Prints rows, seconds and
@@ -27,12 +30,13 @@ import argparse
 import cProfile
 import datetime as dt
 import pstats
+import sqlite3
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +44,8 @@ import polars as pl
 import psycopg
 import sqlalchemy as sa
 
+from candlestick_pipeline.defs.publish.assets import PARTITIONS_PER_TRANSACTION
+from candlestick_pipeline.lib import publication
 from candlestick_pipeline.lib.frames import conform
 from candlestick_pipeline.lib.securities import SecurityKey
 from candlestick_pipeline.lib.warehouse import (
@@ -54,7 +60,7 @@ from candlestick_pipeline.lib.warehouse import (
 DEFAULT_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 FIRST_DAY = dt.date(2024, 1, 1)
 SESSION_START = dt.time(7, 0)
-MODES = ("partition", "overwrite", "overwrite-changed", "overwrite-1pct", "batched")
+MODES = ("partition", "overwrite", "overwrite-changed", "overwrite-1pct", "batched", "publish")
 
 
 @dataclass(frozen=True)
@@ -116,15 +122,30 @@ def run_partition(engine: sa.Engine, partitions: Sequence[Partition]) -> int:
     return sum(replace_candles(engine, p.key, "1m", p.start, p.end, p.frame) for p in partitions)
 
 
-def run_batched(engine: sa.Engine, partitions: Sequence[Partition]) -> int:
+def _by_key(partitions: Sequence[Partition]) -> dict[SecurityKey, list[Partition]]:
     by_key: dict[SecurityKey, list[Partition]] = {}
     for partition in partitions:
         by_key.setdefault(partition.key, []).append(partition)
+    return by_key
+
+
+def run_batched(engine: sa.Engine, partitions: Sequence[Partition]) -> int:
     written = 0
-    for key, parts in by_key.items():
+    for key, parts in _by_key(partitions).items():
         windows = [(p.start, p.end) for p in parts]
         written += replace_candles_many(engine, key, "1m", windows, pl.concat([p.frame for p in parts]))
     return written
+
+
+def run_publish(engine: sa.Engine, partitions: Sequence[Partition], path: Path) -> int:
+    """Copy the partitions from the warehouse to a new publication file, as ``published_candles_1m``
+    does in a backfill run: per security, ``PARTITIONS_PER_TRANSACTION`` windows a transaction."""
+    published = 0
+    for key, parts in _by_key(partitions).items():
+        for offset in range(0, len(parts), PARTITIONS_PER_TRANSACTION):
+            windows = [(p.start, p.end) for p in parts[offset : offset + PARTITIONS_PER_TRANSACTION]]
+            published += sum(publication.sync_windows(engine, path, key, "1m", windows))
+    return published
 
 
 @contextmanager
@@ -158,6 +179,9 @@ def measure(
         migrate(engine)
         if mode.startswith("overwrite"):
             run_partition(engine, partitions)
+        if mode == "publish":
+            run_batched(engine, partitions)
+            return _measure_publish(engine, partitions, profile)
         if mode == "overwrite-changed":
             partitions = changed(partitions, every=1)
         elif mode == "overwrite-1pct":
@@ -179,6 +203,27 @@ def measure(
         return written, seconds, pstats.Stats(profiler) if profiler is not None else None
     finally:
         engine.dispose()
+
+
+def _measure_publish(
+    engine: sa.Engine, partitions: Sequence[Partition], profile: bool
+) -> tuple[int, float, pstats.Stats | None]:
+    with tempfile.TemporaryDirectory(prefix="cp_bench_pub_") as folder:
+        path = Path(folder) / "publication.db"
+        publication.ensure_schema(path)
+        profiler = cProfile.Profile() if profile else None
+        started = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
+        published = run_publish(engine, partitions, path)
+        if profiler is not None:
+            profiler.disable()
+        seconds = time.perf_counter() - started
+        with closing(sqlite3.connect(path)) as conn:
+            (stored,) = conn.execute("SELECT count(*) FROM candles").fetchone()
+    if stored != published or stored != count_candles(engine):
+        raise SystemExit(f"publish: published {published} candles but the publication holds {stored}")
+    return published, seconds, pstats.Stats(profiler) if profiler is not None else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
