@@ -32,6 +32,7 @@ delete ``publication.db*`` and rebuild.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -39,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import sqlalchemy as sa
 
 from candlestick_pipeline.lib import warehouse
@@ -256,23 +256,6 @@ def _normalize_windows(windows: Iterable[Window]) -> list[Window]:
     return sorted(out)
 
 
-def _rows_of(key: SecurityKey, timeframe: str, frame: pl.DataFrame) -> Iterator[tuple[Any, ...]]:
-    selected = frame.select(
-        pl.lit(key.secid).alias("secid"),
-        pl.lit(key.board).alias("board"),
-        pl.lit(timeframe).alias("timeframe"),
-        pl.col("begin").dt.strftime(TIMESTAMP_FORMAT),
-        pl.col("end").dt.strftime(TIMESTAMP_FORMAT),
-        pl.col("open"),
-        pl.col("high"),
-        pl.col("low"),
-        pl.col("close"),
-        pl.col("value"),
-        pl.col("volume"),
-    )
-    return selected.iter_rows()
-
-
 def _refresh_series(
     conn: sqlite3.Connection, key: SecurityKey, timeframe: str, deleted: int, inserted: int
 ) -> None:
@@ -303,22 +286,23 @@ def _replace_windows(
     key: SecurityKey,
     timeframe: str,
     windows: Sequence[Window],
-    frames: Sequence[pl.DataFrame],
+    read: warehouse.RowReader,
 ) -> list[int]:
-    """Delete each window and insert its frame; the caller holds the transaction."""
+    """Delete each window and insert the warehouse's rows of it; the caller holds the transaction."""
     counts: list[int] = []
     deleted = inserted = 0
     series = (key.secid, key.board, timeframe)
-    for (start, end), frame in zip(windows, frames, strict=True):
+    for start, end in windows:
         cur = conn.execute(
             f"DELETE FROM candles WHERE {_SERIES_WHERE} AND begin >= ? AND begin < ?",
             (*series, start.strftime(TIMESTAMP_FORMAT), end.strftime(TIMESTAMP_FORMAT)),
         )
         deleted += max(cur.rowcount, 0)
-        if frame.height:
-            conn.executemany(_INSERT_CANDLE, _rows_of(key, timeframe, frame))
-        counts.append(frame.height)
-        inserted += frame.height
+        counter = itertools.count()  # zip takes a row first: the counter ends at the row count
+        conn.executemany(_INSERT_CANDLE, (row for row, _ in zip(read(start, end), counter, strict=False)))
+        rows = next(counter)
+        counts.append(rows)
+        inserted += rows
     _refresh_series(conn, key, timeframe, deleted, inserted)
     return counts
 
@@ -335,12 +319,13 @@ def sync_windows(
     normalized = [_normalize_windows([window])[0] for window in windows]
     if not normalized:
         return []
-    # Read everything first: the write lock is then held only for the local delete + insert.
-    frames = [warehouse.read_candles(engine, key, timeframe, start, end) for start, end in normalized]
+    # The warehouse's rows stream into the insert under the publication's write lock. That holds the
+    # lock a little longer than reading everything first (readers are never blocked: WAL), and
+    # keeps no window (a year of a series, in a rebuild) in memory.
     with closing(connect(path)) as conn:
         _ensure_schema(conn)
-        with write_transaction(conn):
-            return _replace_windows(conn, key, timeframe, normalized, frames)
+        with warehouse.candle_row_reader(engine, key, timeframe) as read, write_transaction(conn):
+            return _replace_windows(conn, key, timeframe, normalized, read)
 
 
 def sync_partitions(

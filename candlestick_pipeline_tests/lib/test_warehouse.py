@@ -22,6 +22,7 @@ from candlestick_pipeline.lib.timeframes import MOSCOW
 from candlestick_pipeline.lib.warehouse import (
     WarehouseConnectionError,
     WarehouseError,
+    candle_row_reader,
     candle_store,
     count_candles,
     create_warehouse_engine,
@@ -519,6 +520,17 @@ def test_extreme_values_round_trip(engine: sa.Engine) -> None:
     )
     replace_candles(engine, SBER, "1d", old, dt.datetime(2100, 1, 1), frame)
     assert_frame_equal(read_candles(engine, SBER, "1d", old, dt.datetime(2100, 1, 1)), frame)
+    # The same rows in ISS's text form, for a copy into the publication.
+    text = "%Y-%m-%d %H:%M:%S"
+    expected = [
+        ("SBER", "TQBR", "1d", begin.strftime(text), end.strftime(text), *values)
+        for begin, end, *values in frame.iter_rows()
+    ]
+    with candle_row_reader(engine, SBER, "1d") as read:
+        assert list(read(old, dt.datetime(2100, 1, 1))) == expected
+        assert list(read(dt.datetime(2000, 1, 1), dt.datetime(2000, 1, 1, 0, 0, 1))) == expected[2:3]
+        assert list(read(dt.datetime(2000, 1, 2), dt.datetime(2099, 1, 1))) == []
+        assert list(read(old, dt.datetime(2100, 1, 1))) == expected  # the reader reads again
 
 
 # --- securities -------------------------------------------------------------------------------

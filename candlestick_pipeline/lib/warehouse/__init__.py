@@ -9,6 +9,8 @@ import sqlalchemy as sa
 
 from candlestick_pipeline.lib.warehouse.candle_store import (
     DaySummary,
+    RowReader,
+    candle_row_reader,
     count_candles,
     read_candles,
     replace_candles,
@@ -34,8 +36,10 @@ from candlestick_pipeline.lib.warehouse.security_store import (
 
 __all__ = [
     "DaySummary",
+    "RowReader",
     "WarehouseConnectionError",
     "WarehouseError",
+    "candle_row_reader",
     "candles",
     "count_candles",
     "create_warehouse_engine",

@@ -21,7 +21,8 @@ import datetime as dt
 import itertools
 import math
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ from candlestick_pipeline.lib.warehouse.errors import WarehouseError
 from candlestick_pipeline.lib.warehouse.schema import CANDLE_VALUE_COLUMNS, MoscowDateTime, candles
 
 Window = tuple[dt.datetime, dt.datetime]
+RowReader = Callable[[dt.datetime, dt.datetime], Iterator[tuple[Any, ...]]]
 
 _MAX_ROWS_IN_MESSAGE = 5
 _SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S"
@@ -498,6 +500,54 @@ def read_candles(
             pl.col(name).str.strptime(pl.Datetime("us"), _SQLITE_TIMESTAMP) for name in ("begin", "end")
         )
     return frame
+
+
+# The rows in ISS's text form: the key texts, then ``begin``/``end`` as "YYYY-MM-DD HH:MM:SS" (how
+# SQLite stores them already; PostgreSQL formats them), then the values.
+_TEXT_ROWS = (
+    'SELECT secid, board, timeframe, {begin}, {end}, "open", "high", "low", "close", "value", "volume" '
+    "FROM candles "
+    'WHERE secid = {p} AND board = {p} AND timeframe = {p} AND "begin" >= {p} AND "begin" < {p} '
+    'ORDER BY "begin"'
+)
+_SQLITE_TEXT_ROWS = _TEXT_ROWS.format(begin='"begin"', end='"end"', p="?")
+_PG_TEXT_ROWS = _TEXT_ROWS.format(
+    begin="to_char(\"begin\", 'YYYY-MM-DD HH24:MI:SS')",
+    end="to_char(\"end\", 'YYYY-MM-DD HH24:MI:SS')",
+    p="%s",
+)
+
+
+@contextmanager
+def candle_row_reader(engine: sa.Engine, key: SecurityKey, timeframe: str) -> Iterator[RowReader]:
+    """A reader of one series' candles in ISS's text form, for a copy into another database.
+
+    ``read(start, end)`` iterates the rows with ``begin`` in ``[start, end)``, sorted by it:
+    ``(secid, board, timeframe, begin, end, open, high, low, close, value, volume)`` with
+    ``begin``/``end`` as ``YYYY-MM-DD HH:MM:SS`` text. Take each window's rows before reading the
+    next. The rows go on as the driver returns them, with no frame in between: building frames and
+    formatting their timestamps again cost more than the reads (2.8 s of 9.5 s to publish 1M
+    candles), and streamed rows hold no year of a series in memory.
+    """
+    with engine.connect() as conn:
+        postgres = is_postgres(conn)
+        sql = _PG_TEXT_ROWS if postgres else _SQLITE_TEXT_ROWS
+        dialect = conn.dialect
+        driver = conn.connection.driver_connection
+        # PostgreSQL's binary format: its doubles need no parsing from text.
+        cursor = driver.cursor(binary=True) if postgres else driver.cursor()  # type: ignore[union-attr]
+
+        def read(start: dt.datetime, end: dt.datetime) -> Iterator[tuple[Any, ...]]:
+            bounds = (_BOUND.process_bind_param(bound, dialect) for bound in (start, end))
+            cursor.execute(sql, (key.secid, key.board, timeframe, *bounds))
+            # In batches: psycopg's cursor costs 1.8 us a row iterated one by one.
+            while batch := cursor.fetchmany(_READ_BATCH_ROWS):
+                yield from batch
+
+        try:
+            yield read
+        finally:
+            cursor.close()
 
 
 @dataclass(frozen=True)
