@@ -172,7 +172,7 @@ def pg_warehouse(admin_dsn: str) -> Iterator[str]:
 
 
 def measure(
-    dsn: str, mode: str, partitions: Sequence[Partition], profile: bool
+    dsn: str, mode: str, partitions: Sequence[Partition], profile: bool, folder: Path
 ) -> tuple[int, float, pstats.Stats | None]:
     engine = create_warehouse_engine(dsn)
     try:
@@ -181,7 +181,9 @@ def measure(
             run_partition(engine, partitions)
         if mode == "publish":
             run_batched(engine, partitions)
-            return _measure_publish(engine, partitions, profile)
+            return _measure_publish(
+                engine, partitions, profile, folder / f"publication_{uuid.uuid4().hex[:8]}.db"
+            )
         if mode == "overwrite-changed":
             partitions = changed(partitions, every=1)
         elif mode == "overwrite-1pct":
@@ -206,10 +208,9 @@ def measure(
 
 
 def _measure_publish(
-    engine: sa.Engine, partitions: Sequence[Partition], profile: bool
+    engine: sa.Engine, partitions: Sequence[Partition], profile: bool, path: Path
 ) -> tuple[int, float, pstats.Stats | None]:
-    with tempfile.TemporaryDirectory(prefix="cp_bench_pub_") as folder:
-        path = Path(folder) / "publication.db"
+    try:
         publication.ensure_schema(path)
         profiler = cProfile.Profile() if profile else None
         started = time.perf_counter()
@@ -221,8 +222,15 @@ def _measure_publish(
         seconds = time.perf_counter() - started
         with closing(sqlite3.connect(path)) as conn:
             (stored,) = conn.execute("SELECT count(*) FROM candles").fetchone()
-    if stored != published or stored != count_candles(engine):
-        raise SystemExit(f"publish: published {published} candles but the publication holds {stored}")
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    in_warehouse = count_candles(engine)
+    if not published == stored == in_warehouse:
+        raise SystemExit(
+            f"publish: {published} candles copied, {stored} in the publication, "
+            f"{in_warehouse} in the warehouse"
+        )
     return published, seconds, pstats.Stats(profiler) if profiler is not None else None
 
 
@@ -269,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sqlite_warehouse(Path(folder)) if backend == "sqlite" else pg_warehouse(args.pg_admin_dsn)
                 )
                 with warehouse as dsn:
-                    rows, seconds, stats = measure(dsn, mode, partitions, backend in profiled)
+                    rows, seconds, stats = measure(dsn, mode, partitions, backend in profiled, Path(folder))
                 print(
                     f"{backend:<11} {mode:<17} {rows:>10,} {seconds:>8.2f} {rows / seconds:>11,.0f}",
                     flush=True,

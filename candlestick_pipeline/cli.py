@@ -90,13 +90,15 @@ def create_security(secid: str, board: str | None) -> None:
             info = client.get_security(secid, board)
         engine = _engine()
         try:
+            stored = warehouse.get_security(engine, info.key) is not None
             warehouse.upsert_security(engine, info)
         finally:
             engine.dispose()
         key = info.key.partition_key
-        registered = instance.has_dynamic_partition(SECURITIES_PARTITIONS, key)
-        if not registered:
+        partitioned = instance.has_dynamic_partition(SECURITIES_PARTITIONS, key)
+        if not partitioned:
             instance.add_dynamic_partitions(SECURITIES_PARTITIONS, [key])
+        registered = stored and partitioned
         # The sensors then request this security's first runs all at once.
         ensure_iss_pool(instance)
     primary = "primary board" if info.is_primary else "not its primary board"
@@ -242,7 +244,7 @@ def _execute_work(
     asset_name: str,
     work: list[tuple[SecurityKey, list[str]]],
     parallel: int | None,
-    log_level: str = "info",
+    log_level: str,
 ) -> int:
     """Execute one run per (security, partition range), ``parallel`` at once; the number that failed.
 

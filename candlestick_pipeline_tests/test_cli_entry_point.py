@@ -115,6 +115,6 @@ def test_the_workers_inherit_the_job_modules_and_httpcore_imported() -> None:
         "cli.ProcessPoolExecutor = Pool\n"
         "cli.ensure_iss_pool = lambda instance: None\n"
         "work = [(cli.SecurityKey.parse(key), ['2025-01-06']) for key in ('SBER.TQBR', 'GAZP.TQBR')]\n"
-        "assert cli._execute_work(None, 'candles_1m', work, 2) == 0\n"
+        "assert cli._execute_work(None, 'candles_1m', work, 2, 'info') == 0\n"
     )
     assert _printed_by(probe) == ["True", "True"]

@@ -32,7 +32,6 @@ delete ``publication.db*`` and rebuild.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -298,9 +297,7 @@ def _replace_windows(
             (*series, start.strftime(TIMESTAMP_FORMAT), end.strftime(TIMESTAMP_FORMAT)),
         )
         deleted += max(cur.rowcount, 0)
-        counter = itertools.count()  # zip takes a row first: the counter ends at the row count
-        conn.executemany(_INSERT_CANDLE, (row for row, _ in zip(read(start, end), counter, strict=False)))
-        rows = next(counter)
+        rows = max(conn.executemany(_INSERT_CANDLE, read(start, end)).rowcount, 0)
         counts.append(rows)
         inserted += rows
     _refresh_series(conn, key, timeframe, deleted, inserted)

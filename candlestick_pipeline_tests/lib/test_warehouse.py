@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 import sqlite3
 import threading
@@ -493,7 +494,7 @@ def test_a_frame_larger_than_one_copy_chunk_round_trips(engine: sa.Engine) -> No
     assert_frame_equal(read_candles(engine, SBER, "1m", D1, end), frame)
 
 
-def test_extreme_values_round_trip(engine: sa.Engine) -> None:
+def test_extreme_values_round_trip(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     old = dt.datetime(1970, 1, 1)
     frame = pl.DataFrame(
         {
@@ -531,6 +532,16 @@ def test_extreme_values_round_trip(engine: sa.Engine) -> None:
         assert list(read(dt.datetime(2000, 1, 1), dt.datetime(2000, 1, 1, 0, 0, 1))) == expected[2:3]
         assert list(read(dt.datetime(2000, 1, 2), dt.datetime(2099, 1, 1))) == []
         assert list(read(old, dt.datetime(2100, 1, 1))) == expected  # the reader reads again
+        # Two windows read side by side (each with its own cursor) do not mix, short or long, even
+        # when the driver's rows come one batch of one at a time.
+        monkeypatch.setattr(candle_store, "_READ_BATCH_ROWS", 1)
+        for split in (dt.datetime(2000, 1, 1), dt.datetime(2000, 1, 2)):
+            first, second = read(old, split), read(split, dt.datetime(2100, 1, 1))
+            taken: tuple[list[tuple[object, ...]], list[tuple[object, ...]]] = ([], [])
+            for _ in expected:  # alternately, one row at a time
+                for rows, source in zip(taken, (first, second), strict=True):
+                    rows.extend(itertools.islice(source, 1))
+            assert [*taken[0], *taken[1]] == expected
 
 
 # --- securities -------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import os
 import sqlite3
 import threading
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -126,6 +127,38 @@ def test_sync_replaces_the_window_and_leaves_neighbours(known_engine: sa.Engine,
     series = _series(path)
     assert series[("SBER", "TQBR", "1m")] == ("2024-01-03 06:50:00", "2024-01-04 23:49:00", 1720)
     assert series[("SBER", "TQBR", "1d")][2] == 365
+
+
+def test_a_warehouse_read_that_fails_mid_sync_leaves_the_publication_as_it_was(
+    known_engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "publication.db"
+    day, next_day = day_window(DAY), day_window(NEXT_DAY)
+    publication.sync_partitions(known_engine, path, SBER, "1m", [day, next_day])
+    before = (_published(path, SBER, "1m", day), _published(path, SBER, "1m", next_day), _series(path))
+    warehouse.replace_candles(known_engine, SBER, "1m", *day, minute_day(DAY, seed=9, base=300.0))
+    real_reader = warehouse.candle_row_reader
+
+    @contextmanager
+    def failing_reader(*args: object) -> Iterator[warehouse.RowReader]:
+        with real_reader(*args) as read:  # type: ignore[arg-type]
+
+            def read_then_fail(start: dt.datetime, end: dt.datetime) -> Iterator[tuple[object, ...]]:
+                for number, row in enumerate(read(start, end)):
+                    if start == next_day[0] and number == 100:  # DAY is in, half of NEXT_DAY too
+                        raise sa.exc.OperationalError("SELECT", {}, Exception("connection lost"))
+                    yield row
+
+            yield read_then_fail
+
+    monkeypatch.setattr(warehouse, "candle_row_reader", failing_reader)
+    with pytest.raises(sa.exc.OperationalError, match="connection lost"):
+        publication.sync_partitions(known_engine, path, SBER, "1m", [day, next_day])
+    after = (_published(path, SBER, "1m", day), _published(path, SBER, "1m", next_day), _series(path))
+    assert after == before
+    monkeypatch.undo()
+    assert publication.sync_partitions(known_engine, path, SBER, "1m", [day, next_day]) == 2040
+    assert _published(path, SBER, "1m", day) == warehouse_rows(known_engine, SBER, "1m", *day)
 
 
 def test_an_emptied_window_is_emptied_and_the_series_row_goes_with_the_last_candle(

@@ -528,21 +528,19 @@ def _row_bound(interval: int, date_from: dt.date, date_till: dt.date) -> int:
 
 
 def _bars_left(interval: int, last_begin: dt.datetime, date_till: dt.date) -> int | None:
-    """The most intraday bars that can begin after ``last_begin`` up to the end of ``date_till``.
+    """How many more intraday bars the query can hold after one that begins at ``last_begin``.
 
     ISS sends a query's rows in ``begin`` order, so a page whose last bar begins late on the last day
-    shows that the query ends within a few pages. ``None`` for day and longer intervals, whose
-    queries are short.
+    shows that the query ends within a few pages. The count is the minutes left to the end of
+    ``date_till`` over the bar's length, rounded up: one more than can begin there when the bars are
+    aligned (1 after a 1-minute bar at 23:59), so that the offset of the empty page that ends the
+    query is never beyond the bound. ``None`` for day and longer intervals, whose queries are short.
     """
-    minutes = _INTRADAY_MINUTES.get(interval)
-    if minutes is None:
+    per_day = _MOST_PER_DAY.get(interval)
+    if per_day is None:
         return None
     left = dt.datetime.combine(date_till + dt.timedelta(days=1), dt.time()) - last_begin
-    # Bars at least ``minutes`` apart: rounded up, so an unaligned bar cannot exceed the count.
-    return max(0, math.ceil(left / dt.timedelta(minutes=minutes)))
-
-
-_INTRADAY_MINUTES = {1: 1, 10: 10, 60: 60}
+    return max(0, math.ceil(left / (dt.timedelta(days=1) / per_day)))
 
 
 class CandleStream:
