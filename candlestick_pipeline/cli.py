@@ -13,7 +13,7 @@ import importlib
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import NoReturn
@@ -31,7 +31,13 @@ from candlestick_pipeline.defs.iss.resource import ensure_iss_pool
 from candlestick_pipeline.lib import warehouse
 from candlestick_pipeline.lib.scripts import console_script
 from candlestick_pipeline.lib.securities import InvalidSecurityKeyError, SecurityKey
-from candlestick_pipeline.lib.timeframes import TIMEFRAMES, UnknownTimeframeError, get_timeframe
+from candlestick_pipeline.lib.timeframes import (
+    MOSCOW,
+    TIMEFRAMES,
+    Timeframe,
+    UnknownTimeframeError,
+    get_timeframe,
+)
 
 # Dagster's console logger levels; its DEBUG lines are one per event (a 120-partition run prints
 # 130), which drowns what a terminal user wants: the loader's own lines, warnings and the outcome.
@@ -160,6 +166,27 @@ def _parse_date(value: str, name: str) -> dt.date:
         raise _UserError(f"--{name} {value!r} is not a YYYY-MM-DD date") from None
 
 
+def _run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options of commands that execute runs: ``--parallel`` and ``--log-level``."""
+    parallel = click.option(
+        "--parallel",
+        "-j",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Runs at once, in worker processes (default: one per security, up to ISS_MAX_CONCURRENCY); "
+        "they share ISS_MAX_CONCURRENCY requests in flight.",
+    )
+    log_level = click.option(
+        "--log-level",
+        type=click.Choice(_LOG_LEVELS, case_sensitive=False),
+        default="info",
+        show_default=True,
+        help="The least level of the runs' log lines printed here (Dagster's console logger; debug "
+        "shows every event). The Dagster UI keeps every event of a run whatever this is.",
+    )
+    return parallel(log_level(command))
+
+
 @main.command("load")
 @click.argument("keys", nargs=-1, required=True, metavar="KEY...")
 @click.option("--timeframe", "-t", "timeframe_name", required=True, help=f"One of {', '.join(TIMEFRAMES)}.")
@@ -167,22 +194,7 @@ def _parse_date(value: str, name: str) -> dt.date:
 @click.option("--till", "date_till", required=True, help="Last day, inclusive (YYYY-MM-DD).")
 @click.option("--refresh", is_flag=True, help="Fetch every partition again, even final ones.")
 @click.option("--dry-run", is_flag=True, help="Only print which partitions would be loaded.")
-@click.option(
-    "--parallel",
-    "-j",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Runs at once, in worker processes (default: one per security, up to ISS_MAX_CONCURRENCY); "
-    "they share ISS_MAX_CONCURRENCY requests in flight.",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(_LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    help="The least level of the runs' log lines printed here (Dagster's console logger; debug shows "
-    "every event). The Dagster UI keeps every event of a run whatever this is.",
-)
+@_run_options
 def load(
     keys: tuple[str, ...],
     timeframe_name: str,
@@ -237,6 +249,96 @@ def load(
         failed = _execute_work(instance, timeframe.asset_name, work, parallel, log_level)
     if failed:
         raise _UserError(f"{failed} run(s) failed; see the Dagster UI or `dagster run list`")
+
+
+@main.command("update-candles")
+@click.argument("keys", nargs=-1)
+@click.option(
+    "--timeframe",
+    "-t",
+    "timeframe_names",
+    multiple=True,
+    help="Only this timeframe (repeatable; default: the enabled ones, CANDLESTICK_TIMEFRAMES).",
+)
+@click.option("--dry-run", is_flag=True, help="Only print which partitions would be loaded.")
+@_run_options
+def update_candles(
+    keys: tuple[str, ...],
+    timeframe_names: tuple[str, ...],
+    dry_run: bool,
+    parallel: int | None,
+    log_level: str,
+) -> None:
+    """Bring the candles of every registered security (or of each KEY) up to date: the old
+    service's ``update-candles``.
+
+    For every enabled timeframe, loads each partition that is missing or not final, from where
+    ISS's candle borders start (not before CANDLESTICK_EARLIEST_DATE) to today by ISS's clock: what
+    the Dagster daemon's sensors and schedules keep doing, in one command (e.g. for cron, without
+    the daemon). Today's partitions are loaded again while their period is open. Runs are recorded
+    in the Dagster instance, as ``load``'s are.
+    """
+    from candlestick_pipeline.defs.automation.sensors import registered_securities
+
+    with _user_errors():
+        timeframes = [get_timeframe(name) for name in (timeframe_names or config.enabled_timeframes())]
+        instance = _instance()
+        registered = registered_securities(instance)
+        securities = list(dict.fromkeys(SecurityKey.parse(key) for key in keys)) or registered
+        unknown = [str(key) for key in securities if key not in registered]
+        if unknown:
+            raise _UserError(f"not registered: {', '.join(unknown)}; run `candlestick create-security` first")
+        with ISSClient.from_settings(config.ISSSettings.from_env()) as client:
+            now = client.server_time() or dt.datetime.now(MOSCOW)
+            borders, skipped = _candle_borders(client, securities)
+        failed = skipped
+        for timeframe in timeframes:
+            work = _update_plan(instance, timeframe, borders, now)
+            if not dry_run:
+                failed += _execute_work(instance, timeframe.asset_name, work, parallel, log_level)
+    if failed:
+        raise _UserError(f"{failed} run(s) or securities failed; see above and the Dagster UI")
+
+
+def _update_plan(
+    instance: dg.DagsterInstance,
+    timeframe: Timeframe,
+    borders: dict[SecurityKey, dict[int, tuple[dt.datetime, dt.datetime]]],
+    now: dt.datetime,
+) -> list[tuple[SecurityKey, list[str]]]:
+    """The runs that bring ``timeframe`` up to date for each security, printed per security."""
+    from candlestick_pipeline.defs.automation.planning import history_start, plan_update
+
+    starts = {key: history_start(found, timeframe.iss_interval) for key, found in borders.items()}
+    plans = plan_update(instance, timeframe, starts, now)
+    for key, start in starts.items():
+        mine = [plan for plan in plans if plan.security == key]
+        count = sum(len(plan.date_keys) for plan in mine)
+        click.echo(
+            f"{key} {timeframe.name}: from {start}, {count} partition(s) to load in {len(mine)} run(s)"
+        )
+    return [(plan.security, list(plan.date_keys)) for plan in plans]
+
+
+def _candle_borders(
+    client: ISSClient, securities: list[SecurityKey]
+) -> tuple[dict[SecurityKey, dict[int, tuple[dt.datetime, dt.datetime]]], int]:
+    """Each security's candle borders from ISS, and how many securities had to be skipped."""
+    engine = _engine()
+    borders: dict[SecurityKey, dict[int, tuple[dt.datetime, dt.datetime]]] = {}
+    try:
+        for key in securities:
+            info = warehouse.get_security(engine, key)
+            if info is None:
+                click.echo(f"{key}: no warehouse row; run `candlestick create-security` again", err=True)
+                continue
+            try:
+                borders[key] = client.get_candle_borders(info)
+            except ISSError as exc:
+                click.echo(f"{key}: skipped, ISS's candle borders are unavailable ({exc})", err=True)
+    finally:
+        engine.dispose()
+    return borders, len(securities) - len(borders)
 
 
 def _execute_work(

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from candlestick_pipeline.defs.automation.jobs import candle_jobs
-from candlestick_pipeline.defs.automation.planning import MAX_PARTITIONS_PER_RUN
+from candlestick_pipeline.defs.automation.planning import MAX_PARTITIONS_PER_RUN, plan_update
 from candlestick_pipeline.defs.automation.schedules import build_closed_periods_schedule
 from candlestick_pipeline.defs.automation.sensors import freshness_sensor, new_securities_sensor
 from candlestick_pipeline.defs.candles.assets import candle_assets
@@ -137,6 +137,35 @@ def test_history_is_split_into_a_few_runs_and_skips_what_is_loaded(
     assert ranges[-1][2] == "2025-06-10"
     days = (dt.date(2025, 6, 10) - dt.date(2024, 1, 1)).days  # 2024-03-01 excluded, today included
     assert len(ranges) <= days // MAX_PARTITIONS_PER_RUN[TIMEFRAMES["1m"].grain] + 2
+
+
+def test_an_update_plans_each_security_from_its_own_start_and_skips_what_is_final(
+    instance: dg.DagsterInstance,
+    standin: ISSStandIn,
+    sqlite_dsn: str,
+    resources: dict[str, dg.ConfigurableResource],
+) -> None:
+    standin.set_now(dt.datetime(2025, 6, 10, 15, 0))
+    sber = _register(instance, standin, sqlite_dsn, "SBER")
+    gazp = _register(instance, standin, sqlite_dsn, "GAZP")
+    one_day = TIMEFRAMES["1d"]
+    pk = str(multi_key(sber, "2024-01-01"))  # 2024 is closed: final once loaded
+    assert dg.materialize(
+        candle_assets[3:4], instance=instance, resources=resources, partition_key=pk
+    ).success
+    now = dt.datetime(2025, 6, 10, 15, 0, tzinfo=MOSCOW)
+    starts = {
+        sber: dt.date(2022, 5, 1),
+        gazp: dt.date(2024, 7, 1),
+        SecurityKey("X", "TQBR"): dt.date(2026, 1, 1),
+    }
+    plans = plan_update(instance, one_day, starts, now)
+    assert [(plan.security, plan.date_keys, plan.reason) for plan in plans] == [
+        (sber, ("2022-01-01", "2023-01-01"), "update"),
+        (sber, ("2025-01-01",), "update"),  # 2025 is open: loaded every time
+        (gazp, ("2024-01-01", "2025-01-01"), "update"),  # from its own start, not SBER's
+    ]
+    assert plan_update(instance, one_day, {}, now) == []
 
 
 def test_today_is_fresh_and_becomes_final_after_the_close(

@@ -156,3 +156,36 @@ def test_several_securities_load_in_parallel_runs_that_share_the_iss_concurrency
     again = project.run("candlestick", "load", *keys, "-t", "1m", *dates, "-j", "1")
     assert again.stdout.count("21 already loaded, 0 to load") == 3
     assert project.standin.candle_requests() == 0
+
+
+def test_update_candles_brings_every_security_up_to_date_and_then_only_the_open_periods(
+    project: Project,
+) -> None:
+    """The old service's ``update-candles``: every registered security, every enabled timeframe,
+    from where its history starts to today; run again, only the periods still open are fetched."""
+    project.extra_env.update(CANDLESTICK_TIMEFRAMES="1d,1h", CANDLESTICK_EARLIEST_DATE="2025-04-01")
+    project.run("candlestick", "create-security", "SBER")
+    project.run("candlestick", "create-security", "SU26238RMFS4", "TQOB")
+    bond = SecurityKey("SU26238RMFS4", "TQOB")
+
+    project.standin.reset_stats()
+    planned = project.run("candlestick", "update-candles", "--dry-run").stdout
+    assert "SBER.TQBR 1h: from 2025-04-01, 3 partition(s) to load in 1 run(s)" in planned
+    assert "SU26238RMFS4.TQOB 1d: from 2025-04-01, 1 partition(s) to load in 1 run(s)" in planned
+    assert project.standin.candle_requests() == 0
+
+    out = project.run("candlestick", "update-candles").stdout
+    assert out.count(": ok, run ") == 4  # 2 securities x 2 timeframes, one run each
+    june = dt.datetime(2025, 6, 11)
+    _assert_warehouse_equals_source(project, SBER, "1h", 60, dt.datetime(2025, 4, 1), june)
+    _assert_warehouse_equals_source(project, bond, "1h", 60, dt.datetime(2025, 4, 1), june)
+    _assert_warehouse_equals_source(project, bond, "1d", 24, dt.datetime(2025, 1, 1), june)
+
+    # Again: what is final is not fetched; June (1h) and 2025 (1d) are still open, so they are.
+    again = project.run("candlestick", "update-candles", "SBER.TQBR", "-t", "1h").stdout
+    assert "SBER.TQBR 1h: from 2025-04-01, 1 partition(s) to load in 1 run(s)" in again
+    assert "SBER.TQBR 2025-06-01 .. 2025-06-01 (1 partition(s)): ok" in again
+    assert "SU26238RMFS4" not in again
+
+    unknown = project.run("candlestick", "update-candles", "GAZP.TQBR", check=False)
+    assert unknown.returncode == 2 and "not registered: GAZP.TQBR" in unknown.stderr

@@ -7,11 +7,12 @@ can do under ``BackfillPolicy.single_run()``. Long ranges are split so a run sta
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
 
+from candlestick_pipeline import config
 from candlestick_pipeline.defs.automation.jobs import job_name
 from candlestick_pipeline.defs.candles.partitions import date_keys_between, multi_key
 from candlestick_pipeline.defs.candles.status import LoadState, contiguous_runs, partition_states_many
@@ -85,6 +86,38 @@ def plan_history(
     states = partition_states_many(instance, timeframe, [security], all_keys, now=now)[security]
     wanted = [s.date_key for s in states if s.state is not LoadState.FINAL]
     return plans_for_states(timeframe, security, all_keys, wanted, "history")
+
+
+def history_start(borders: dict[int, tuple[dt.datetime, dt.datetime]], interval: int) -> dt.date:
+    """Where a security's history of ``interval`` starts: ISS's first candle, not before
+    ``CANDLESTICK_EARLIEST_DATE`` (``borders`` as ``ISSClient.get_candle_borders`` gives them)."""
+    earliest = config.earliest_date()
+    first = borders.get(interval)
+    return max(earliest, first[0].date()) if first else earliest
+
+
+def plan_update(
+    instance: dg.DagsterInstance,
+    timeframe: Timeframe,
+    starts: Mapping[SecurityKey, dt.date],
+    now: dt.datetime,
+) -> list[RunPlan]:
+    """Runs that load, for each security from its own start (``history_start``) to today, every
+    partition that is not final: ``plan_history`` for many securities, with one status query."""
+    today = now.astimezone(MOSCOW).date()
+    starts = {key: start for key, start in starts.items() if start <= today}
+    if not starts:
+        return []
+    all_keys = date_keys_between(timeframe, min(starts.values()), today)
+    states = partition_states_many(instance, timeframe, list(starts), all_keys, now=now)
+    plans: list[RunPlan] = []
+    for security, start in starts.items():
+        own = set(date_keys_between(timeframe, start, today))
+        wanted = [
+            s.date_key for s in states[security] if s.date_key in own and s.state is not LoadState.FINAL
+        ]
+        plans.extend(plans_for_states(timeframe, security, all_keys, wanted, "update"))
+    return plans
 
 
 def _period_start(timeframe: Timeframe, day: dt.date) -> dt.date:

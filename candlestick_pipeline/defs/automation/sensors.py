@@ -7,7 +7,13 @@ import dagster as dg
 
 from candlestick_pipeline import config
 from candlestick_pipeline.defs.automation.jobs import candle_jobs
-from candlestick_pipeline.defs.automation.planning import RunPlan, is_trading_time, plan_history, plan_recent
+from candlestick_pipeline.defs.automation.planning import (
+    RunPlan,
+    history_start,
+    is_trading_time,
+    plan_history,
+    plan_recent,
+)
 from candlestick_pipeline.defs.candles.partitions import SECURITIES_PARTITIONS
 from candlestick_pipeline.defs.iss.errors import ISSError
 from candlestick_pipeline.defs.iss.resource import ISSResource
@@ -49,12 +55,6 @@ def without_in_flight(plans: list[RunPlan], busy: set[tuple[str, str]]) -> list[
     return [p for p in plans if (f"{p.timeframe.asset_name}_job", str(p.security)) not in busy]
 
 
-def _history_start(borders: dict[int, tuple[dt.datetime, dt.datetime]], interval: int) -> dt.date:
-    earliest = config.earliest_date()
-    first = borders.get(interval)
-    return max(earliest, first[0].date()) if first else earliest
-
-
 @dg.sensor(
     jobs=candle_jobs,
     minimum_interval_seconds=30,
@@ -90,7 +90,7 @@ def new_securities_sensor(
             continue
         for name in config.enabled_timeframes():
             timeframe = get_timeframe(name)
-            start = _history_start(borders, timeframe.iss_interval)
+            start = history_start(borders, timeframe.iss_interval)
             plans = plan_history(context.instance, timeframe, key, start, now)
             requests.extend(plan.run_request(f"{now:%Y%m%dT%H%M%S}") for plan in plans)
         done.append(raw)
