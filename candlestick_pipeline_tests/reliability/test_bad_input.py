@@ -227,3 +227,18 @@ def test_a_warehouse_that_does_not_connect_is_a_clear_error_without_the_password
     for proc in (created, loaded):
         assert "secret" not in proc.stdout + proc.stderr
     assert standin.candle_requests() == 0
+
+
+@pytest.mark.parametrize("warehouse_dsn", ["sqlite"], indirect=True)
+def test_update_candles_skips_a_security_it_cannot_plan_and_says_so(cli: Cli, standin: ISSStandIn) -> None:
+    sber = register_in(cli.project)
+    gazp = register_in(cli.project, "GAZP")
+    with engine_for(cli.project.warehouse_dsn) as engine:
+        warehouse.delete_security(engine, gazp)  # its Dagster partition stays: a half-registered security
+    result = cli("update-candles", "--dry-run", "-t", "1d")
+    assert result.exit_code == 2
+    assert f"{gazp}: no warehouse row; run `candlestick create-security` again" in result.stderr
+    assert f"{sber} 1d: from " in result.stdout and f"{gazp} 1d" not in result.stdout
+    assert "1 run(s) or securities failed" in result.stderr
+    with cli.instance() as instance:
+        assert instance.get_runs() == []  # a dry run executes nothing
