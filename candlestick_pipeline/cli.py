@@ -307,17 +307,21 @@ def _update_plan(
     borders: dict[SecurityKey, dict[int, tuple[dt.datetime, dt.datetime]]],
     now: dt.datetime,
 ) -> list[tuple[SecurityKey, list[str]]]:
-    """The runs that bring ``timeframe`` up to date for each security, printed per security."""
+    """The runs that bring ``timeframe`` up to date, printed for each security that has any (a cron
+    job's output stays short when most are up to date), then a total."""
     from candlestick_pipeline.defs.automation.planning import history_start, plan_update
 
     starts = {key: history_start(found, timeframe.iss_interval) for key, found in borders.items()}
     plans = plan_update(instance, timeframe, starts, now)
     for key, start in starts.items():
         mine = [plan for plan in plans if plan.security == key]
-        count = sum(len(plan.date_keys) for plan in mine)
-        click.echo(
-            f"{key} {timeframe.name}: from {start}, {count} partition(s) to load in {len(mine)} run(s)"
-        )
+        if mine:
+            count = sum(len(plan.date_keys) for plan in mine)
+            click.echo(
+                f"{key} {timeframe.name}: from {start}, {count} partition(s) to load in {len(mine)} run(s)"
+            )
+    behind = len({plan.security for plan in plans})
+    click.echo(f"{timeframe.name}: {len(starts) - behind} of {len(starts)} securities up to date")
     return [(plan.security, list(plan.date_keys)) for plan in plans]
 
 

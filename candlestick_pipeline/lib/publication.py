@@ -318,7 +318,7 @@ def sync_windows(
         return []
     # The warehouse's rows stream into the insert under the publication's write lock. That holds the
     # lock a little longer than reading everything first (readers are never blocked: WAL), and
-    # keeps no window (a year of a series, in a rebuild) in memory.
+    # keeps no long window (a year of a series, in a rebuild) in memory.
     with closing(connect(path)) as conn:
         _ensure_schema(conn)
         with warehouse.candle_row_reader(engine, key, timeframe) as read, write_transaction(conn):

@@ -706,7 +706,8 @@ class CandleStream:
 
     def _bound_by_last_bar(self, pager: OffsetPager, start: int, page: CandlePage) -> None:
         """Tell the pager how many rows can follow this page's last bar: near the query's end, no
-        request is sent for offsets its last day cannot fill (at C=8, 3-6 such requests a query)."""
+        request is sent for offsets its last day cannot fill (B1 1m at C=8: 692 requests for 677
+        pages of data before, 683-687 with this)."""
         if page.frame.is_empty():
             return
         left = _bars_left(self._interval, page.frame.get_column("begin")[-1], self._date_till)
