@@ -43,6 +43,8 @@ from candlestick_pipeline.lib.timeframes import (
 # 130), which drowns what a terminal user wants: the loader's own lines, warnings and the outcome.
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
+_Borders = dict[int, tuple[dt.datetime, dt.datetime]]  # ISS interval -> (first begin, last end)
+
 
 class _UserError(click.ClickException):
     """An error the user can fix; printed without a traceback, exit code 2."""
@@ -304,42 +306,42 @@ def update_candles(
 def _update_plan(
     instance: dg.DagsterInstance,
     timeframe: Timeframe,
-    borders: dict[SecurityKey, dict[int, tuple[dt.datetime, dt.datetime]]],
+    borders: dict[SecurityKey, _Borders],
     now: dt.datetime,
 ) -> list[tuple[SecurityKey, list[str]]]:
     """The runs that bring ``timeframe`` up to date, printed for each security that has any (a cron
     job's output stays short when most are up to date), then a total."""
-    from candlestick_pipeline.defs.automation.planning import history_start, plan_update
+    from candlestick_pipeline.defs.automation.planning import RunPlan, history_start, plan_update
 
     starts = {key: history_start(found, timeframe.iss_interval) for key, found in borders.items()}
     plans = plan_update(instance, timeframe, starts, now)
-    for key, start in starts.items():
-        mine = [plan for plan in plans if plan.security == key]
-        if mine:
-            count = sum(len(plan.date_keys) for plan in mine)
-            click.echo(
-                f"{key} {timeframe.name}: from {start}, {count} partition(s) to load in {len(mine)} run(s)"
-            )
-    behind = len({plan.security for plan in plans})
-    click.echo(f"{timeframe.name}: {len(starts) - behind} of {len(starts)} securities up to date")
+    by_security: dict[SecurityKey, list[RunPlan]] = {}
+    for plan in plans:
+        by_security.setdefault(plan.security, []).append(plan)
+    for key, mine in by_security.items():
+        count = sum(len(plan.date_keys) for plan in mine)
+        click.echo(
+            f"{key} {timeframe.name}: from {starts[key]}, {count} partition(s) to load in {len(mine)} run(s)"
+        )
+    click.echo(f"{timeframe.name}: {len(starts) - len(by_security)} of {len(starts)} securities up to date")
     return [(plan.security, list(plan.date_keys)) for plan in plans]
 
 
 def _candle_borders(
     client: ISSClient, securities: list[SecurityKey], concurrency: int
-) -> tuple[dict[SecurityKey, dict[int, tuple[dt.datetime, dt.datetime]]], int]:
+) -> tuple[dict[SecurityKey, _Borders], int]:
     """Each security's candle borders from ISS (``concurrency`` requests at once: one a security,
     300 securities would otherwise wait out 300 round trips), and how many had to be skipped."""
     engine = _engine()
     try:
-        infos = {key: warehouse.get_security(engine, key) for key in securities}
+        stored = {info.key: info for info in warehouse.list_securities(engine)}  # one query for all
     finally:
         engine.dispose()
-    for key in (key for key, info in infos.items() if info is None):
+    for key in (key for key in securities if key not in stored):
         click.echo(f"{key}: no warehouse row; run `candlestick create-security` again", err=True)
-    known = [info for info in infos.values() if info is not None]
+    known = [stored[key] for key in securities if key in stored]
 
-    def borders_of(info: SecurityInfo) -> dict[int, tuple[dt.datetime, dt.datetime]] | None:
+    def borders_of(info: SecurityInfo) -> _Borders | None:
         try:
             return client.get_candle_borders(info)
         except ISSError as exc:
