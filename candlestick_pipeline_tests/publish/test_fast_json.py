@@ -12,7 +12,9 @@ import asyncio
 import datetime as dt
 import json
 import math
+import random
 import sqlite3
+import struct
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -72,6 +74,38 @@ def test_encode_array_writes_what_datasette_writes(name: str, values: list[Any])
     assert datasette_plugin.encode_array(columns, rows) == _datasette_array(columns, rows)
     single = [(value,) for value in values]
     assert datasette_plugin.encode_array([name], single) == _datasette_array([name], single)
+
+
+def _float_columns() -> Iterator[tuple[str, list[float]]]:
+    """Float columns around every edge of the polars formatting that ``encode_array`` relies on."""
+    rng = random.Random(20261125)
+
+    def any_finite() -> float:
+        while True:
+            value: float = struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0]
+            if math.isfinite(value):
+                return value
+
+    yield "prices", [round(rng.uniform(0.5, 80_000.0), rng.randrange(0, 7)) for _ in range(500)]
+    yield "turnovers", [float(rng.randrange(10 ** rng.randrange(1, 17))) for _ in range(500)]
+    yield "any bits", [any_finite() for _ in range(2000)]
+    yield "any magnitude", [rng.choice((1, -1)) * 10 ** rng.uniform(-30, 30) for _ in range(2000)]
+    yield "negative", [-rng.uniform(1e-4, 1e6) for _ in range(500)]
+    edges = [1e-4, 9.999999999999999e-05, 1.0000000000000002e-4, 1e16, 9999999999999998.0, 1e22, 0.1 + 0.2]
+    yield "edges", edges + [-value for value in edges]
+    yield "zeros and plain", [0.0, -0.0, 1.5, 0.0001, -2.25, 1e300, 5.0]
+    yield "zeros and small", [0.0, 1.5, 3e-05, 2.0]
+    yield "a subnormal", [1.0, 5e-324, 2.0]
+
+
+FLOAT_COLUMNS = list(_float_columns())
+
+
+@pytest.mark.parametrize(("name", "values"), FLOAT_COLUMNS, ids=[name for name, _ in FLOAT_COLUMNS])
+def test_float_columns_are_written_as_repr_writes_them(name: str, values: list[float]) -> None:
+    rows = [("SBER", value, 7) for value in values]
+    columns = ["secid", name, "volume"]
+    assert datasette_plugin.encode_array(columns, rows) == _datasette_array(columns, rows)
 
 
 def test_encode_array_of_sqlite_rows_and_edge_cases() -> None:
