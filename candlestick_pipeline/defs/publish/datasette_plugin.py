@@ -556,9 +556,10 @@ async def table_page(
     next_url = None
     if 0 < page_size < len(rows):
         next_value = path_from_row_pks(dict(zip(columns, rows[-2], strict=True)), pks, False)
-        next_url = datasette.absolute_url(
-            request, datasette.urls.path(path_with_replaced_args(request, {"_next": next_value}))
-        )
+        # A plain str: every method call on Datasette's PrefixedUrlString lists dir(str) first,
+        # and urljoin makes dozens of them (0.3-0.5 ms a page).
+        path = str(datasette.urls.path(path_with_replaced_args(request, {"_next": next_value})))
+        next_url = datasette.absolute_url(request, path)
         rows = rows[:page_size]
     body = encode_array(columns, rows)
     return None if body is None else FastPage(body, next_url)
