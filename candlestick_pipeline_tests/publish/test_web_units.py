@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -242,6 +244,42 @@ def test_iss_body_rows_pick_the_asked_columns_and_whole_volumes() -> None:
     assert iss_route.build_body(none, rows)["candles"]["data"] == [[], []]
     assert iss_route.build_body(none, [])["candles"]["data"] == []
     assert iss_route.build_body(some, [])["candles"]["data"] == []
+
+
+ISS_PAGE_ROWS: dict[str, list[tuple[Any, ...]]] = {
+    "candles": [
+        (271.5 + i / 100, 272.0, 273.25, 270.0, 1.5e9 + i, 12_000 + i, f"2024-01-03 10:{i:02d}:00", "x")
+        for i in range(60)
+    ],
+    "odd values": [
+        (1.0, -0.0, math.inf, 0.5, 10.0, 7.5, "2024-01-03 10:00:00", 'кириллица " \\ \t'),
+        (1e-05, 0.0, -math.inf, 2.0, 1e300, 7.0, "2024-01-03 10:01:00", "\x00\x7f"),
+        (math.nan, None, 3.0, 0.5, 11.0, 2**70, "2024-01-03 10:02:00", "plain"),
+    ],
+    "tiny and whole": [
+        (1.5e-7, 2.0, 3.0, 4.0, 5.0, 8.0, "a", "b"),
+        (0.0, 0.0001, 3.0, 4.0, 5.0, 9.0, "c", "d"),
+    ],
+}
+ISS_PAGE_ARGS: list[list[tuple[str, str]]] = [
+    [],
+    [("iss.meta", "off")],
+    [("candles.columns", "volume,begin")],
+    [("candles.columns", "end,open")],
+    [("candles.columns", ",")],
+    [("iss.only", "history.cursor")],
+    [("iss.json", "extended"), ("iss.meta", "off")],
+]
+
+
+@pytest.mark.parametrize("rows", list(ISS_PAGE_ROWS), ids=list(ISS_PAGE_ROWS))
+@pytest.mark.parametrize("args", ISS_PAGE_ARGS, ids=[repr(args) for args in ISS_PAGE_ARGS])
+def test_iss_page_is_encoded_as_the_json_encoder_encodes_its_body(
+    rows: str, args: list[tuple[str, str]]
+) -> None:
+    request = iss_route.parse_request(PATH, [("interval", "1"), *args])
+    for page in (ISS_PAGE_ROWS[rows], ISS_PAGE_ROWS[rows][:1], []):
+        assert iss_route.encode_page(request, page) == iss_route.encode(iss_route.build_body(request, page))
 
 
 def test_iss_security_checks() -> None:

@@ -33,7 +33,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import datasette.handle_exception as datasette_errors
-import polars as pl
 from datasette.app import pm  # datasette.plugins.pm (the name clashes with ./datasette/plugins)
 from datasette.database import QueryInterrupted
 from datasette.filters import Filters
@@ -55,7 +54,7 @@ from datasette.utils import (
 from datasette.utils.asgi import Forbidden, Request, Response
 from datasette.views.base import DatasetteError, ureg
 
-from candlestick_pipeline.defs.publish import chart, iss_route
+from candlestick_pipeline.defs.publish import chart, iss_route, json_text
 from candlestick_pipeline.defs.publish.guard import (
     DATABASE,
     ASGIApp,
@@ -235,20 +234,11 @@ def menu_links(datasette: Any) -> list[dict[str, str]]:
 # from its pieces and the constant key texts. Columns of mixed or other types are encoded value by
 # value with Datasette's own encoder. Other shapes and options (``_json``, ``_nl``,
 # ``_json_infinity``) and errors are left to Datasette's renderer.
-#
-# ``float.__repr__`` was still two thirds of a 1000-candle page (five float columns, 0.22 ms each
-# on a slow core). polars writes the same shortest round-trip text for a whole column in 0.06 ms,
-# except below 1e-4 in magnitude, where ``repr`` uses an exponent (``1e-05``) and polars does not
-# (``0.00001``): such columns keep ``repr``.
+# Numbers and plain text a column at a time: ``json_text``.
 
 _INFINITIES = frozenset((math.inf, -math.inf))
 _ENCODER = CustomJSONEncoder()
 """``json.dumps(value, cls=CustomJSONEncoder)`` as Datasette encodes each value (default options)."""
-_STR = frozenset({str})
-_FLOATS = frozenset({float})
-_NUMBERS = (frozenset({int}), _FLOATS, frozenset({int, float}))
-_SMALLEST_PLAIN = 1e-4
-"""The least magnitude (but 0) of a float that ``repr`` writes without an exponent."""
 _FALLBACK_ARGS = ("_json", "_nl", "_json_infinity")
 
 
@@ -272,35 +262,14 @@ def _encode_value(value: Any) -> str:
 def _column(values: tuple[Any, ...]) -> tuple[Sequence[str], bool]:
     """The values of one column as JSON texts, and whether they are strings to be put between quotes
     as they are (no character of them needs escaping: printable ASCII, no quote, no backslash)."""
-    kinds = frozenset(map(type, values))
-    if kinds == _STR:
-        text = "".join(values)
-        if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+    kinds = json_text.kinds_of(values)
+    if kinds == json_text.STR:
+        if json_text.is_plain_text(values):
             return values, True
         return list(map(encode_basestring_ascii, values)), False
-    if kinds in _NUMBERS:
-        try:  # an infinity or a NaN makes the sum one (so does a sum too large: value by value then)
-            finite = math.isfinite(sum(values))
-        except OverflowError:  # an int too large for a float
-            finite = False
-        if finite:
-            return _number_texts(values, kinds), False
+    if kinds in json_text.NUMBERS and json_text.finite_numbers(values):
+        return json_text.number_texts(values, kinds), False
     return list(map(_encode_value, values)), False
-
-
-def _number_texts(values: tuple[Any, ...], kinds: frozenset[type]) -> Sequence[str]:
-    """``repr`` of each of these finite numbers (what the ``json`` encoder writes), a float column
-    formatted by polars where it writes the same text (see above)."""
-    if kinds == _FLOATS:
-        column = pl.Series(values=values, dtype=pl.Float64)
-        least, most = column.min(), column.max()
-        assert isinstance(least, float) and isinstance(most, float)  # a float column without nulls
-        # Prices and turnovers are positive: one look at the bounds settles it. Otherwise look again.
-        plain = least >= _SMALLEST_PLAIN or most <= -_SMALLEST_PLAIN
-        if plain or not column.abs().is_between(0.0, _SMALLEST_PLAIN, closed="none").any():
-            return column.cast(pl.String).to_list()
-    # ints: ``int.__repr__`` is as quick as polars (0.05 ms for 1000 volumes), and has no range.
-    return list(map(repr, values))
 
 
 def encode_array(columns: Sequence[str], rows: Sequence[Iterable[Any]]) -> str | None:

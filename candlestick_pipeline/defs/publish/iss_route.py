@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from candlestick_pipeline.defs.publish import json_text
 from candlestick_pipeline.defs.publish.guard import (
     GuardError,
     check_board,
@@ -262,21 +264,20 @@ def _typed_column(column: str, values: Sequence[Any]) -> Sequence[Any]:
     return [_typed(column, value) for value in values]
 
 
-def build_body(request: CandlesRequest, rows: Sequence[Sequence[Any]]) -> Any:
-    """The ISS response body (compact or extended) for one page of rows in ISS column order."""
+def _picked_columns(request: CandlesRequest, rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    """The asked-for columns of ``rows`` (in ISS column order), whole volumes as ints."""
     # Column by column: value by value, 500 rows took 0.46 ms.
     by_column = list(zip(*rows, strict=True)) or [()] * len(ISS_COLUMNS)
-    picked = [_typed_column(name, by_column[ISS_COLUMNS.index(name)]) for name in request.columns]
-    # No columns asked for (``candles.columns=,``): still one (empty) list for each row.
-    data = [list(values) for values in zip(*picked, strict=True)] if picked else [[] for _ in rows]
-    include = request.blocks is None or "candles" in request.blocks
-    if request.extended:
-        blocks: dict[str, Any] = {}
-        if include:
-            blocks["candles"] = [dict(zip(request.columns, values, strict=True)) for values in data]
-        return [{"charsetinfo": {"name": "utf-8"}}, blocks]
+    return [_typed_column(name, by_column[ISS_COLUMNS.index(name)]) for name in request.columns]
+
+
+def _includes_candles(request: CandlesRequest) -> bool:
+    return request.blocks is None or "candles" in request.blocks
+
+
+def _compact_body(request: CandlesRequest, data: Any) -> dict[str, Any]:
     body: dict[str, Any] = {}
-    if include:
+    if _includes_candles(request):
         block: dict[str, Any] = {}
         if request.meta:
             block["metadata"] = {name: ISS_METADATA[name] for name in request.columns}
@@ -286,8 +287,66 @@ def build_body(request: CandlesRequest, rows: Sequence[Sequence[Any]]) -> Any:
     return body
 
 
+def build_body(request: CandlesRequest, rows: Sequence[Sequence[Any]]) -> Any:
+    """The ISS response body (compact or extended) for one page of rows in ISS column order."""
+    picked = _picked_columns(request, rows)
+    # No columns asked for (``candles.columns=,``): still one (empty) list for each row.
+    data = [list(values) for values in zip(*picked, strict=True)] if picked else [[] for _ in rows]
+    if request.extended:
+        blocks: dict[str, Any] = {}
+        if _includes_candles(request):
+            blocks["candles"] = [dict(zip(request.columns, values, strict=True)) for values in data]
+        return [{"charsetinfo": {"name": "utf-8"}}, blocks]
+    return _compact_body(request, data)
+
+
+def _dumps(body: Any) -> str:
+    return json.dumps(body, ensure_ascii=False, separators=(", ", ": "))
+
+
 def encode(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(", ", ": ")).encode()
+    return _dumps(body).encode()
+
+
+def _column_texts(values: Sequence[Any]) -> tuple[Sequence[str], bool]:
+    """One column as ``_dumps`` writes its values, and whether they go between quotes as they are."""
+    kinds = json_text.kinds_of(values)
+    if kinds == json_text.STR and json_text.is_plain_text(values):
+        return values, True
+    if kinds in json_text.NUMBERS and json_text.finite_numbers(values):
+        return json_text.number_texts(values, kinds), False
+    return [_dumps(value) for value in values], False
+
+
+def _data_text(picked: Sequence[Sequence[Any]], count: int) -> str:
+    """``_dumps`` of the block's ``data`` (``count`` rows of the ``picked`` columns), a column at a time."""
+    if not picked:
+        return "[" + ", ".join(["[]"] * count) + "]"
+    # Per row: "[" value ", " value ... "]"; the constant texts repeat down the rows.
+    pieces: list[Iterable[str]] = []
+    before = "["
+    for values in picked:
+        texts, quoted = _column_texts(values)
+        quote = '"' if quoted else ""
+        pieces.append(itertools.repeat(before + quote, count))
+        pieces.append(texts)
+        before = quote + ", "
+    pieces.append(itertools.repeat(before.removesuffix(", ") + "]", count))
+    return "[" + ", ".join(map("".join, zip(*pieces, strict=True))) + "]"
+
+
+_DATA_MARK = "\0data\0"
+"""Stands for the data in the body's JSON until the data's own text replaces it (once: only a
+string holds a NUL, and the body's other strings are ISS's names)."""
+
+
+def encode_page(request: CandlesRequest, rows: Sequence[Sequence[Any]]) -> bytes:
+    """``encode(build_body(request, rows))``, the compact body's data written a column at a time
+    (``json_text``): the encoder took 0.8 ms for 500 rows, three times the rest of the body."""
+    if request.extended or not rows or not _includes_candles(request):
+        return encode(build_body(request, rows))
+    data = _data_text(_picked_columns(request, rows), len(rows))
+    return _dumps(_compact_body(request, _DATA_MARK)).replace(_dumps(_DATA_MARK), data, 1).encode()
 
 
 Fetch = Callable[[str, dict[str, Any]], Awaitable[list[Sequence[Any]]]]
@@ -305,4 +364,4 @@ async def answer(path_params: Mapping[str, str], args: Sequence[tuple[str, str]]
     check_security(request, found[0] if found else None)
     sql, params = candles_sql(request)
     rows = await fetch(sql, params)
-    return encode(build_body(request, rows))
+    return encode_page(request, rows)
