@@ -27,7 +27,8 @@ from datasette.app import Datasette
 from datasette.renderer import json_renderer as datasette_json_renderer
 from datasette.utils import CustomJSONEncoder, MultiParams, remove_infinites
 
-from candlestick_pipeline.defs.publish import datasette_plugin, serve
+from candlestick_pipeline.defs.publish import datasette_plugin, iss_route, serve
+from candlestick_pipeline.defs.publish.guard import GuardError
 from candlestick_pipeline.lib import publication
 
 # --- the encoder -----------------------------------------------------------------------------------
@@ -437,3 +438,23 @@ def test_permissions_are_datasettes(publication_file: Path) -> None:
     assert _compare(publication_file, urls, metadata=metadata) == 0
     answers, _ = asyncio.run(_answers(publication_file, True, urls, metadata=metadata))
     assert [status for status, _, _ in answers] == [403, 403]
+
+
+def test_the_iss_routes_statements_share_one_trip_and_the_time_limit(publication_file: Path) -> None:
+    slow = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000)"
+        " SELECT count(*) FROM c"
+    )
+    security = (iss_route.SECURITY_SQL, {"secid": "SBER", "board": "TQBR"})
+
+    async def fetch() -> None:
+        ds = _datasette(publication_file, sql_time_limit_ms=20)
+        found = await datasette_plugin._fetch_all(ds, [security, ("SELECT 2, 'x'", {})])
+        assert found == [[("stock", "shares")], [(2, "x")]]
+        with pytest.raises(GuardError) as caught:
+            await datasette_plugin._fetch_all(ds, [security, (slow, {})])
+        assert caught.value.status == 400 and "took too long" in caught.value.message
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            await datasette_plugin._fetch_all(ds, [("SELECT * FROM nowhere", {})])
+
+    asyncio.run(fetch())

@@ -85,12 +85,42 @@ def _database(datasette: Any) -> Any:
     return datasette.get_database(DATABASE)
 
 
+_TOO_LONG = "the query took too long: ask for a shorter range"
+
+
 async def _fetch(datasette: Any, sql: str, params: dict[str, Any]) -> list[Sequence[Any]]:
     try:
         results = await _database(datasette).execute(sql, params)
     except QueryInterrupted:
-        raise GuardError(400, "the query took too long: ask for a shorter range") from None
+        raise GuardError(400, _TOO_LONG) from None
     return [tuple(row) for row in results.rows]
+
+
+async def _fetch_all(
+    datasette: Any, statements: Sequence[iss_route.Statement]
+) -> list[list[tuple[Any, ...]]]:
+    """The rows (tuples) of each statement, all run in one trip to a SQL thread, under the time limit.
+
+    One trip, not one a statement (``_fetch``): each trip waits for a SQL thread and then for the
+    event loop to wake up again, 0.1-0.2 ms on a slow core.
+    """
+
+    def run(conn: sqlite3.Connection) -> list[list[tuple[Any, ...]]]:
+        results = []
+        with sqlite_timelimit(conn, datasette.sql_time_limit_ms):
+            for sql, params in statements:
+                cursor = conn.cursor()
+                cursor.row_factory = None  # tuples, not Datasette's sqlite3.Row
+                results.append(cursor.execute(sql, params).fetchall())
+        return results
+
+    try:
+        found: list[list[tuple[Any, ...]]] = await _database(datasette).execute_fn(run)
+    except sqlite3.OperationalError as exc:
+        if exc.args == ("interrupted",):  # the time limit, as Database.execute tells it
+            raise GuardError(400, _TOO_LONG) from None
+        raise
+    return found
 
 
 def _headers(datasette: Any) -> dict[str, str]:
@@ -623,8 +653,8 @@ async def iss_candles(datasette: Any, request: Any) -> Response:
     if request.method not in ("GET", "HEAD"):
         return _error(datasette, request.path, GuardError(405, "only GET: the publication is read-only"))
 
-    async def fetch(sql: str, params: dict[str, Any]) -> list[Sequence[Any]]:
-        return await _fetch(datasette, sql, params)
+    async def fetch(statements: Sequence[iss_route.Statement]) -> list[list[tuple[Any, ...]]]:
+        return await _fetch_all(datasette, statements)
 
     try:
         body = await iss_route.answer(request.url_vars, _args(request), fetch)
