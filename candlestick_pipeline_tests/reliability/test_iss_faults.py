@@ -318,10 +318,11 @@ def test_a_board_iss_has_no_candles_for_ends_with_zero_rows_and_others_still_loa
     )
     assert odd_run.success and time.monotonic() - started < 10
     assert {m.metadata["rows"].value for m in odd_run.asset_materializations_for_node("candles_1m")} == {0}  # type: ignore[union-attr]
-    # The run's one query: its first page and the three sent beside it (ISS concurrency 4), all
-    # empty; nothing more, and no loop.
+    # The run's one query: its first page and up to three sent beside it (ISS concurrency 4), all
+    # empty; nothing more, and no loop. A request whose thread starts after the first empty page
+    # came back is dropped unsent (on a busy box it happens), so 1 to 4.
     assert res["iss"].max_concurrency == 4  # type: ignore[attr-defined]
-    assert standin.candle_requests(board="NOTABOARD") == 4
+    assert 1 <= standin.candle_requests(board="NOTABOARD") <= 4
     assert dg.materialize(
         [ASSETS["candles_1m"]],
         instance=instance,
