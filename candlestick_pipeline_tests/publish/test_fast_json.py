@@ -449,8 +449,18 @@ def test_the_iss_routes_statements_share_one_trip_and_the_time_limit(publication
 
     async def fetch() -> None:
         ds = _datasette(publication_file, sql_time_limit_ms=20)
+        database = ds.get_database("publication")
+        trips = 0
+        execute_fn = database.execute_fn
+
+        async def counted(fn: Any) -> Any:
+            nonlocal trips
+            trips += 1
+            return await execute_fn(fn)
+
+        database.execute_fn = counted
         found = await datasette_plugin._fetch_all(ds, [security, ("SELECT 2, 'x'", {})])
-        assert found == [[("stock", "shares")], [(2, "x")]]
+        assert found == [[("stock", "shares")], [(2, "x")]] and trips == 1
         with pytest.raises(GuardError) as caught:
             await datasette_plugin._fetch_all(ds, [security, (slow, {})])
         assert caught.value.status == 400 and "took too long" in caught.value.message

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import itertools
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,24 +319,13 @@ def _column_texts(values: Sequence[Any]) -> tuple[Sequence[str], bool]:
 
 def _data_text(picked: Sequence[Sequence[Any]], count: int) -> str:
     """``_dumps`` of the block's ``data`` (``count`` rows of the ``picked`` columns), a column at a time."""
-    if not picked:
-        return "[" + ", ".join(["[]"] * count) + "]"
-    # Per row: "[" value ", " value ... "]"; the constant texts repeat down the rows.
-    pieces: list[Iterable[str]] = []
-    before = "["
-    for values in picked:
-        texts, quoted = _column_texts(values)
-        quote = '"' if quoted else ""
-        pieces.append(itertools.repeat(before + quote, count))
-        pieces.append(texts)
-        before = quote + ", "
-    pieces.append(itertools.repeat(before.removesuffix(", ") + "]", count))
-    return "[" + ", ".join(map("".join, zip(*pieces, strict=True))) + "]"
+    return json_text.join_rows([("", *_column_texts(values)) for values in picked], count, "[", "]")
 
 
 _DATA_MARK = "\0data\0"
 """Stands for the data in the body's JSON until the data's own text replaces it (once: only a
 string holds a NUL, and the body's other strings are ISS's names)."""
+_DATA_MARK_JSON = json.dumps(_DATA_MARK)
 
 
 def encode_page(request: CandlesRequest, rows: Sequence[Sequence[Any]]) -> bytes:
@@ -346,7 +334,7 @@ def encode_page(request: CandlesRequest, rows: Sequence[Sequence[Any]]) -> bytes
     if request.extended or not rows or not _includes_candles(request):
         return encode(build_body(request, rows))
     data = _data_text(_picked_columns(request, rows), len(rows))
-    return _dumps(_compact_body(request, _DATA_MARK)).replace(_dumps(_DATA_MARK), data, 1).encode()
+    return _dumps(_compact_body(request, _DATA_MARK)).replace(_DATA_MARK_JSON, data, 1).encode()
 
 
 Statement = tuple[str, dict[str, Any]]

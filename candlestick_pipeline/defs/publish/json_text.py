@@ -13,8 +13,9 @@ columns keep ``repr``.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import polars as pl
@@ -59,3 +60,24 @@ def number_texts(values: Sequence[Any], kinds: frozenset[type]) -> Sequence[str]
             return column.cast(pl.String).to_list()
     # ints: ``int.__repr__`` is as quick as polars (0.05 ms for 1000 volumes), and has no range.
     return list(map(repr, values))
+
+
+Column = tuple[str, Sequence[str], bool]
+"""What goes before each value (``'"name": '`` in an object, nothing in an array), the values'
+texts, and whether each goes between quotes as it is."""
+
+
+def join_rows(columns: Sequence[Column], count: int, opening: str, closing: str) -> str:
+    """A JSON array of ``count`` rows, each ``opening``, the columns' labels and values separated by
+    ``", "``, then ``closing`` (``{}`` for objects, ``[]`` for arrays), as the ``json`` encoder
+    separates them (``separators=(", ", ": ")``)."""
+    # Per row: opening, label, value, ", ", label, value, ... closing; the constant texts repeat.
+    pieces: list[Iterable[str]] = []
+    before = opening
+    for label, texts, quoted in columns:
+        quote = '"' if quoted else ""
+        pieces.append(itertools.repeat(before + label + quote, count))
+        pieces.append(texts)
+        before = quote + ", "
+    pieces.append(itertools.repeat(before.removesuffix(", ") + closing, count))
+    return "[" + ", ".join(map("".join, zip(*pieces, strict=True))) + "]"
