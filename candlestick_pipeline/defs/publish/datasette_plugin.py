@@ -97,7 +97,8 @@ async def _fetch_all(
     """The rows (tuples) of each statement, all run in one trip to a SQL thread, under the time limit.
 
     One trip, not one a statement: each trip waits for a SQL thread and then for the
-    event loop to wake up again, 0.1-0.2 ms on a slow core.
+    event loop to wake up again, 0.1-0.2 ms on a slow core. The time limit is the trip's, not each
+    statement's. Unlike ``Database.execute``, the statements do not show in ``?_trace=1``.
     """
 
     def run(conn: sqlite3.Connection) -> list[list[tuple[Any, ...]]]:

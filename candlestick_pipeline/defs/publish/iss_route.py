@@ -351,7 +351,9 @@ async def answer(path_params: Mapping[str, str], args: Sequence[tuple[str, str]]
             [(BOARDS_SQL, where), (SERIES_BOARDS_SQL, {"secid": request.secid})]
         )
         request = dataclasses.replace(request, board=choose_board(request, boards, series_boards))
-    # The page comes with the security's row; it is dropped unless the security checks out.
+    # The page comes with the security's row; it is dropped unless the security checks out. So a
+    # request for a security on another engine/market reads a page before its 404, and gets the
+    # 400 of the time limit instead if that page alone takes too long (a start deep in a series).
     found, rows = await fetch(
         [(SECURITY_SQL, {"secid": request.secid, "board": request.board}), candles_sql(request)]
     )
