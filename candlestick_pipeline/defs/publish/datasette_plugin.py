@@ -255,12 +255,11 @@ def menu_links(datasette: Any) -> list[dict[str, str]]:
 # generator over every value of every row looking for infinities, a dict per row, then the encoder
 # walking those dicts. encode_array() writes the same bytes column by column with C-level loops:
 # text columns as they are between quotes when none of their characters needs escaping (else the
-# JSON string escaper mapped over them), ``repr`` (``float.__repr__``/``int.__repr__``, exactly
-# what the ``json`` encoder writes for finite numbers) for numeric columns, and each row joined
-# from its pieces and the constant key texts. Columns of mixed or other types are encoded value by
-# value with Datasette's own encoder. Other shapes and options (``_json``, ``_nl``,
-# ``_json_infinity``) and errors are left to Datasette's renderer.
-# Numbers and plain text a column at a time: ``json_text``.
+# JSON string escaper mapped over them), finite numbers as ``repr`` writes them (exactly what the
+# ``json`` encoder writes; float columns formatted by polars, see ``json_text``), and each row
+# joined from its pieces and the constant key texts (``json_text.join_rows``). Columns of mixed or
+# other types are encoded value by value with Datasette's own encoder. Other shapes and options
+# (``_json``, ``_nl``, ``_json_infinity``) and errors are left to Datasette's renderer.
 
 _INFINITIES = frozenset((math.inf, -math.inf))
 _ENCODER = CustomJSONEncoder()
