@@ -9,8 +9,11 @@ Generates synthetic 1-minute candles (by default 10 securities x 100 days x 1,00
 * ``overwrite-changed``: over the loaded data, every candle with other values (``close`` and
   ``volume`` differ): a correction of everything, the worst case of a refresh;
 * ``overwrite-1pct``: over the loaded data, 1 candle in 100 with other values;
+* ``loader``: into an empty warehouse, per security, its day windows in batches of at least
+  ``WRITE_BATCH_ROWS`` candles (5 days here), each batch one ``replace_candles_many``: how a run of
+  the candle asset writes a backfill (``defs/candles/loading.py``);
 * ``batched``: one ``replace_candles_many`` per security covering all its day windows, into an empty
-  warehouse: a single-run backfill;
+  warehouse: one transaction a run;
 * ``publish``: the warehouse filled as by ``batched`` (not timed), then every partition copied into
   a new SQLite publication the way ``published_candles_1m`` does in a backfill run (64 windows of a
   security a transaction): what keeping Datasette's file in step costs.
@@ -44,6 +47,7 @@ import polars as pl
 import psycopg
 import sqlalchemy as sa
 
+from candlestick_pipeline.defs.candles.loading import WRITE_BATCH_ROWS
 from candlestick_pipeline.defs.publish.assets import PARTITIONS_PER_TRANSACTION
 from candlestick_pipeline.lib import publication
 from candlestick_pipeline.lib.frames import conform
@@ -60,7 +64,7 @@ from candlestick_pipeline.lib.warehouse import (
 DEFAULT_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 FIRST_DAY = dt.date(2024, 1, 1)
 SESSION_START = dt.time(7, 0)
-MODES = ("partition", "overwrite", "overwrite-changed", "overwrite-1pct", "batched", "publish")
+MODES = ("partition", "overwrite", "overwrite-changed", "overwrite-1pct", "loader", "batched", "publish")
 
 
 @dataclass(frozen=True)
@@ -129,12 +133,28 @@ def _by_key(partitions: Sequence[Partition]) -> dict[SecurityKey, list[Partition
     return by_key
 
 
-def run_batched(engine: sa.Engine, partitions: Sequence[Partition]) -> int:
+def _replace_together(engine: sa.Engine, key: SecurityKey, parts: Sequence[Partition]) -> int:
+    windows = [(p.start, p.end) for p in parts]
+    return replace_candles_many(engine, key, "1m", windows, pl.concat([p.frame for p in parts]))
+
+
+def run_loader(engine: sa.Engine, partitions: Sequence[Partition]) -> int:
+    """As a candle asset's run writes: complete partitions in batches of ``WRITE_BATCH_ROWS`` or more."""
     written = 0
     for key, parts in _by_key(partitions).items():
-        windows = [(p.start, p.end) for p in parts]
-        written += replace_candles_many(engine, key, "1m", windows, pl.concat([p.frame for p in parts]))
+        batch: list[Partition] = []
+        for part in parts:
+            batch.append(part)
+            if sum(p.frame.height for p in batch) >= WRITE_BATCH_ROWS:
+                written += _replace_together(engine, key, batch)
+                batch = []
+        if batch:
+            written += _replace_together(engine, key, batch)
     return written
+
+
+def run_batched(engine: sa.Engine, partitions: Sequence[Partition]) -> int:
+    return sum(_replace_together(engine, key, parts) for key, parts in _by_key(partitions).items())
 
 
 def run_publish(engine: sa.Engine, partitions: Sequence[Partition], path: Path) -> int:
@@ -188,9 +208,11 @@ def measure(
             partitions = changed(partitions, every=1)
         elif mode == "overwrite-1pct":
             partitions = changed(partitions, every=100)
-        runner: Callable[[sa.Engine, Sequence[Partition]], int] = (
-            run_batched if mode == "batched" else run_partition
-        )
+        runners: dict[str, Callable[[sa.Engine, Sequence[Partition]], int]] = {
+            "loader": run_loader,
+            "batched": run_batched,
+        }
+        runner = runners.get(mode, run_partition)
         profiler = cProfile.Profile() if profile else None
         started = time.perf_counter()
         if profiler is not None:

@@ -3,11 +3,15 @@
 The four scripts start at once as subprocesses (each also starts its own processes: the ISS
 stand-in, ``candlestick load``, ``dagster-webserver``); each test then waits for its script and
 checks that it exited 0 and printed its figures. Full-size figures live in docs/benchmarks.md.
+
+B1/B2 also run the way issue 5 is checked, against an ISS stand-in that somebody else started
+(``--iss-url``): here ours, in a process of its own that the script does not control.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -21,6 +25,8 @@ from candlestick_pipeline_tests.conftest import ADMIN_DSN, REPO_ROOT
 
 BENCHMARKS = REPO_ROOT / "benchmarks"
 TIMEOUT_SECONDS = 300
+EXTERNAL_NOW = "2025-06-10 15:00:00"
+EXTERNAL_LATENCY_MS = "5"
 
 SMOKE_COMMANDS: dict[str, list[str]] = {
     "bench_backfill.py": [
@@ -31,6 +37,13 @@ SMOKE_COMMANDS: dict[str, list[str]] = {
     "bench_dagster_scale.py": ["--securities", "3", "--years", "0.03"],
     "bench_warehouse_write.py": ["--rows", "20000"],
 }  # fmt: skip
+
+# B1/B2 against an ISS stand-in that somebody else runs (its URL is added when it has started).
+EXTERNAL_ISS_COMMAND = [
+    "--securities", "2", "--days", "2", "--months", "1", "--concurrency", "4", "--layouts", "one-process",
+    "--storage", "sqlite", "--latency-ms", EXTERNAL_LATENCY_MS, "--now", EXTERNAL_NOW,
+    "--keys", "GAZP.TQBR", "CNYRUB_TOM.CETS",
+]  # fmt: skip
 
 EXPECTED_OUTPUT: dict[str, list[str]] = {
     "bench_backfill.py": [
@@ -44,8 +57,13 @@ EXPECTED_OUTPUT: dict[str, list[str]] = {
     ],
     "bench_memory.py": ["2 days", "peak RSS MB"],
     "bench_dagster_scale.py": ["partition_states", "sensor tick: freshness_sensor", "PartitionHealthQuery"],
-    "bench_warehouse_write.py": ["candles/s", "postgresql", "sqlite"],
+    "bench_warehouse_write.py": ["candles/s", "postgresql", "sqlite", "loader"],
 }
+EXTERNAL_ISS_OUTPUT = [
+    "B1 1m 2sec x 2d one-process/sqlite C=4",
+    "B1 1h 1sec x 1mo one-process/sqlite C=4",
+    "B2/B1 wall",
+]
 
 
 @dataclass
@@ -96,3 +114,42 @@ def test_benchmark_runs_at_a_tiny_size(started: dict[str, Started], script: str)
     assert code == 0, f"{script} exited {code}:\n{output[-4000:]}"
     for expected in EXPECTED_OUTPUT[script]:
         assert expected in output, f"{script} printed no {expected!r}:\n{output[-4000:]}"
+
+
+@pytest.fixture
+def external_iss() -> Iterator[str]:
+    """Our stand-in started as somebody else's would be: its own process, its own clock and latency."""
+    command = [sys.executable, "-m", "candlestick_pipeline.standin", "--port", "0"]
+    command += ["--latency-ms", EXTERNAL_LATENCY_MS, "--now", EXTERNAL_NOW]
+    with subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as process:
+        try:
+            assert process.stdout is not None
+            base_url = process.stdout.readline().strip()  # it prints its URL once it listens
+            assert base_url.startswith("http://127.0.0.1:"), f"the stand-in printed {base_url!r}"
+            yield base_url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def test_backfill_benchmark_runs_against_an_iss_it_did_not_start(external_iss: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CANDLESTICK_", "DAGSTER_", "ISS_"))}
+    env["PYTHONWARNINGS"] = "ignore"
+    command = [sys.executable, str(BENCHMARKS / "bench_backfill.py"), *EXTERNAL_ISS_COMMAND]
+    command += ["--iss-url", external_iss, "--pg-admin-dsn", ADMIN_DSN]
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_SECONDS, check=False
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"exited {done.returncode}:\n{output[-4000:]}"
+    for expected in EXTERNAL_ISS_OUTPUT:
+        assert expected in output, f"printed no {expected!r}:\n{output[-4000:]}"
+    # Without the stand-in's counters, pages come from the runs' metadata: they must be there.
+    figures = re.findall(r"^(B[12] .+?)\s+runs=\s*\d+\s+pages=(\d+)\s+candles=(\d+)", output, re.M)
+    assert len(figures) == 4, f"expected B1 and B2 for 1m and 1h:\n{output[-4000:]}"
+    for label, pages, candles in figures:
+        assert int(pages) > 0 and int(candles) > 0, (
+            f"{label}: pages={pages} candles={candles}\n{output[-4000:]}"
+        )

@@ -209,7 +209,7 @@ def _candles(begins: list[dt.datetime]) -> pl.DataFrame:
 def test_pages_out_of_begin_order_fail_the_load_and_leave_written_days_whole(
     sqlite_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(loading, "_WRITE_BATCH_ROWS", 2)
+    monkeypatch.setattr(loading, "WRITE_BATCH_ROWS", 2)
     day1, day2, day3 = (dt.datetime(2025, 6, d, 10, 0) for d in (2, 3, 4))
     minute = dt.timedelta(minutes=1)
     frames = [

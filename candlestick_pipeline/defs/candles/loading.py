@@ -5,7 +5,7 @@ ONE ISS query (``from`` = the span's first day, ``till`` = its last) that ISS pa
 The client keeps up to ISS concurrency of its pages in flight at interleaved offsets and hands them
 back in order (``defs/iss/paging.py``), so the rows arrive in ``begin`` order while they are being
 fetched. A partition is complete once a row of a later partition has arrived, or the query has
-ended; complete partitions are written in batches of about ``_WRITE_BATCH_ROWS`` candles, each
+ended; complete partitions are written in batches of about ``WRITE_BATCH_ROWS`` candles, each
 batch in ONE transaction, in partition order. So the writes overlap the fetching, a run's end
 waits only for its last batch, and memory holds a batch, not the range.
 
@@ -36,7 +36,7 @@ from candlestick_pipeline.lib.timeframes import MOSCOW, Timeframe, window_to_iss
 # Complete partitions are written once they hold this many candles (about five days of 1-minute
 # candles): fewer, larger transactions cost less, but what is left at the query's end is written
 # after its last page (docs/benchmarks.md, session 7).
-_WRITE_BATCH_ROWS = 5_000
+WRITE_BATCH_ROWS = 5_000
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class _Batches:
         self._rows += frame.height
         last: dt.datetime = begins.max()  # type: ignore[assignment]
         self._last_begin = last if self._last_begin is None else max(self._last_begin, last)
-        if self._rows < _WRITE_BATCH_ROWS:
+        if self._rows < WRITE_BATCH_ROWS:
             return None
         complete = self._next
         while complete < len(self._partitions) and self._partitions[complete].end_naive <= self._last_begin:
