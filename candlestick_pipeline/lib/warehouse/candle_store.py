@@ -18,6 +18,7 @@ differing candles are replaced, or (when more than half differ) the whole window
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import math
 import sqlite3
@@ -58,6 +59,9 @@ _SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S"
 _KEY_COLUMNS = ("secid", "board", "timeframe")
 _INSERT_COLUMNS = (*_KEY_COLUMNS, *CANDLE_VALUE_COLUMNS)
 _QUOTED_COLUMNS = ", ".join(f'"{name}"' for name in _INSERT_COLUMNS)
+_SQLITE_DELETE = (
+    'DELETE FROM candles WHERE secid = ? AND board = ? AND timeframe = ? AND "begin" >= ? AND "begin" < ?'
+)
 _SQLITE_INSERT = f"INSERT INTO candles ({_QUOTED_COLUMNS}) VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)})"
 _PG_COPY = f"COPY candles ({_QUOTED_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _FLOAT_COLUMNS = ("open", "high", "low", "close", "value")
@@ -216,16 +220,18 @@ def _series_filter(key: SecurityKey, timeframe: str | None = None) -> list[sa.Co
     return clauses
 
 
-def _delete_windows(conn: sa.Connection, key: SecurityKey, timeframe: str, windows: Sequence[Window]) -> int:
-    deleted = 0
-    for start, end in windows:
-        result = conn.execute(
-            sa.delete(candles).where(
-                *_series_filter(key, timeframe), candles.c.begin >= start, candles.c.begin < end
-            )
-        )
-        deleted += result.rowcount
-    return deleted
+def _delete_windows_sqlite(
+    conn: sa.Connection, key: SecurityKey, timeframe: str, windows: Sequence[Window]
+) -> None:
+    # On the driver's cursor, as the insert: SQLAlchemy's delete construct cost 1.0 ms a partition
+    # (of 8.5 ms) on a slow core, the statement itself 0.05 ms when the window is empty.
+    bound = functools.partial(_BOUND.process_bind_param, dialect=conn.dialect)
+    rows = ((key.secid, key.board, timeframe, bound(start), bound(end)) for start, end in windows)
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(_SQLITE_DELETE, rows)
+    finally:
+        cursor.close()
 
 
 def _copy_postgres(conn: sa.Connection, key: SecurityKey, timeframe: str, frame: pl.DataFrame) -> None:
@@ -418,7 +424,7 @@ def replace_candles_many(
             else:
                 # Concurrent loads of the same series queue here, so the result is one complete load.
                 lock_key(conn, *series_lock_parts(key, timeframe))
-                _delete_windows(conn, key, timeframe, merged)
+                _delete_windows_sqlite(conn, key, timeframe, merged)
                 _bulk_insert(conn, key, timeframe, valid)
     except (sa.exc.DBAPIError, sqlite3.Error, psycopg.Error) as exc:
         # The bulk paths talk to the driver directly, so its own errors arrive unwrapped too.
