@@ -9,11 +9,12 @@ Generates synthetic 1-minute candles (by default 10 securities x 100 days x 1,00
 * ``overwrite-changed``: over the loaded data, every candle with other values (``close`` and
   ``volume`` differ): a correction of everything, the worst case of a refresh;
 * ``overwrite-1pct``: over the loaded data, 1 candle in 100 with other values;
-* ``loader``: into an empty warehouse, per security, its day windows in batches of at least
-  ``WRITE_BATCH_ROWS`` candles (5 days here), each batch one ``replace_candles_many``: how a run of
-  the candle asset writes a backfill (``defs/candles/loading.py``);
-* ``batched``: one ``replace_candles_many`` per security covering all its day windows, into an empty
-  warehouse: one transaction a run;
+* ``loader``: into an empty warehouse, the batches that a run of the candle asset writes in a
+  backfill: each security's candles fed in pages of ISS's size through the loader's own batching
+  (``defs/candles/loading.py``, ``WriteBatches``: 4 days a transaction here), each batch one
+  ``replace_candles_many``. The batches are cut before the clock starts;
+* ``batched``: one ``replace_candles_many`` per security covering all its 100 day windows, into an
+  empty warehouse: one transaction a security, fewer than any run makes (an upper bound);
 * ``publish``: the warehouse filled as by ``batched`` (not timed), then every partition copied into
   a new SQLite publication the way ``published_candles_1m`` does in a backfill run (64 windows of a
   security a transaction): what keeping Datasette's file in step costs.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import datetime as dt
+import functools
 import pstats
 import sqlite3
 import sys
@@ -47,11 +49,14 @@ import polars as pl
 import psycopg
 import sqlalchemy as sa
 
-from candlestick_pipeline.defs.candles.loading import WRITE_BATCH_ROWS
+from candlestick_pipeline.defs.candles.loading import FetchSpan, WriteBatches
+from candlestick_pipeline.defs.candles.partitions import parse_candle_partition
+from candlestick_pipeline.defs.iss.paging import GUESSED_PAGE_SIZE
 from candlestick_pipeline.defs.publish.assets import PARTITIONS_PER_TRANSACTION
 from candlestick_pipeline.lib import publication
 from candlestick_pipeline.lib.frames import conform
 from candlestick_pipeline.lib.securities import SecurityKey
+from candlestick_pipeline.lib.timeframes import get_timeframe
 from candlestick_pipeline.lib.warehouse import (
     count_candles,
     create_warehouse_engine,
@@ -62,6 +67,8 @@ from candlestick_pipeline.lib.warehouse import (
 )
 
 DEFAULT_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+Window = tuple[dt.datetime, dt.datetime]
+Batch = tuple[SecurityKey, list[Window], pl.DataFrame]
 FIRST_DAY = dt.date(2024, 1, 1)
 SESSION_START = dt.time(7, 0)
 MODES = ("partition", "overwrite", "overwrite-changed", "overwrite-1pct", "loader", "batched", "publish")
@@ -133,28 +140,39 @@ def _by_key(partitions: Sequence[Partition]) -> dict[SecurityKey, list[Partition
     return by_key
 
 
-def _replace_together(engine: sa.Engine, key: SecurityKey, parts: Sequence[Partition]) -> int:
-    windows = [(p.start, p.end) for p in parts]
-    return replace_candles_many(engine, key, "1m", windows, pl.concat([p.frame for p in parts]))
-
-
-def run_loader(engine: sa.Engine, partitions: Sequence[Partition]) -> int:
-    """As a candle asset's run writes: complete partitions in batches of ``WRITE_BATCH_ROWS`` or more."""
-    written = 0
+def loader_batches(partitions: Sequence[Partition]) -> list[Batch]:
+    """The batches a candle asset's run writes for these partitions: each security's candles fed in
+    ISS pages (``GUESSED_PAGE_SIZE`` rows) through the loader's own batching (``WriteBatches``)."""
+    timeframe = get_timeframe("1m")
+    batches: list[Batch] = []
     for key, parts in _by_key(partitions).items():
-        batch: list[Partition] = []
-        for part in parts:
-            batch.append(part)
-            if sum(p.frame.height for p in batch) >= WRITE_BATCH_ROWS:
-                written += _replace_together(engine, key, batch)
-                batch = []
-        if batch:
-            written += _replace_together(engine, key, batch)
-    return written
+        span = FetchSpan(
+            tuple(parse_candle_partition(timeframe, f"{p.start.date().isoformat()}|{key}") for p in parts)
+        )
+        cutter = WriteBatches(span)
+        candles = pl.concat([p.frame for p in parts])
+        pages = (
+            candles.slice(start, GUESSED_PAGE_SIZE) for start in range(0, candles.height, GUESSED_PAGE_SIZE)
+        )
+        for batch in [*(cutter.add(page) for page in pages), cutter.rest()]:
+            if batch is not None:
+                done, frame = batch
+                batches.append((key, [(p.start_naive, p.end_naive) for p in done], frame))
+    return batches
+
+
+def run_loader(engine: sa.Engine, batches: Sequence[Batch]) -> int:
+    """As a candle asset's run writes a backfill: each of ``loader_batches`` (cut before the clock
+    starts) one ``replace_candles_many``."""
+    return sum(replace_candles_many(engine, key, "1m", windows, frame) for key, windows, frame in batches)
 
 
 def run_batched(engine: sa.Engine, partitions: Sequence[Partition]) -> int:
-    return sum(_replace_together(engine, key, parts) for key, parts in _by_key(partitions).items())
+    written = 0
+    for key, parts in _by_key(partitions).items():
+        windows = [(p.start, p.end) for p in parts]
+        written += replace_candles_many(engine, key, "1m", windows, pl.concat([p.frame for p in parts]))
+    return written
 
 
 def run_publish(engine: sa.Engine, partitions: Sequence[Partition], path: Path) -> int:
@@ -208,16 +226,18 @@ def measure(
             partitions = changed(partitions, every=1)
         elif mode == "overwrite-1pct":
             partitions = changed(partitions, every=100)
-        runners: dict[str, Callable[[sa.Engine, Sequence[Partition]], int]] = {
-            "loader": run_loader,
-            "batched": run_batched,
-        }
-        runner = runners.get(mode, run_partition)
+        work: Callable[[], int]
+        if mode == "loader":
+            work = functools.partial(run_loader, engine, loader_batches(partitions))
+        elif mode == "batched":
+            work = functools.partial(run_batched, engine, partitions)
+        else:
+            work = functools.partial(run_partition, engine, partitions)
         profiler = cProfile.Profile() if profile else None
         started = time.perf_counter()
         if profiler is not None:
             profiler.enable()
-        written = runner(engine, partitions)
+        written = work()
         if profiler is not None:
             profiler.disable()
         seconds = time.perf_counter() - started

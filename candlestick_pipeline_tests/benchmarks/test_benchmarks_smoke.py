@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from candlestick_pipeline_tests.conftest import ADMIN_DSN, REPO_ROOT
@@ -35,7 +36,7 @@ SMOKE_COMMANDS: dict[str, list[str]] = {
     ],
     "bench_memory.py": ["--days", "2", "--latency-ms", "0"],
     "bench_dagster_scale.py": ["--securities", "3", "--years", "0.03"],
-    "bench_warehouse_write.py": ["--rows", "20000"],
+    "bench_warehouse_write.py": ["--rows", "20000", "--securities", "2"],  # loader: 4+4+2 days
 }  # fmt: skip
 
 # B1/B2 against an ISS stand-in that somebody else runs (its URL is added when it has started).
@@ -117,21 +118,29 @@ def test_benchmark_runs_at_a_tiny_size(started: dict[str, Started], script: str)
 
 
 @pytest.fixture
-def external_iss() -> Iterator[str]:
+def external_iss(tmp_path: Path) -> Iterator[str]:
     """Our stand-in started as somebody else's would be: its own process, its own clock and latency."""
     command = [sys.executable, "-m", "candlestick_pipeline.standin", "--port", "0"]
     command += ["--latency-ms", EXTERNAL_LATENCY_MS, "--now", EXTERNAL_NOW]
-    with subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    ) as process:
+    errors = tmp_path / "standin.err"
+    with (
+        errors.open("w") as sink,
+        subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=sink, text=True) as process,
+    ):
         try:
             assert process.stdout is not None
             base_url = process.stdout.readline().strip()  # it prints its URL once it listens
-            assert base_url.startswith("http://127.0.0.1:"), f"the stand-in printed {base_url!r}"
+            assert base_url.startswith("http://127.0.0.1:"), (
+                f"the stand-in printed {base_url!r}: {errors.read_text()}"
+            )
             yield base_url
         finally:
             process.terminate()
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def test_backfill_benchmark_runs_against_an_iss_it_did_not_start(external_iss: str) -> None:
@@ -146,10 +155,16 @@ def test_backfill_benchmark_runs_against_an_iss_it_did_not_start(external_iss: s
     assert done.returncode == 0, f"exited {done.returncode}:\n{output[-4000:]}"
     for expected in EXTERNAL_ISS_OUTPUT:
         assert expected in output, f"printed no {expected!r}:\n{output[-4000:]}"
-    # Without the stand-in's counters, pages come from the runs' metadata: they must be there.
     figures = re.findall(r"^(B[12] .+?)\s+runs=\s*\d+\s+pages=(\d+)\s+candles=(\d+)", output, re.M)
     assert len(figures) == 4, f"expected B1 and B2 for 1m and 1h:\n{output[-4000:]}"
     for label, pages, candles in figures:
         assert int(pages) > 0 and int(candles) > 0, (
             f"{label}: pages={pages} candles={candles}\n{output[-4000:]}"
         )
+    # Every page the script reports (B1's from its runs' metadata, B2's from its own loop) was asked
+    # of the ISS it was given, besides its warm-up: none came from a stand-in of its own.
+    served = httpx.get(f"{external_iss}/_standin/stats", timeout=10).json()["candle_requests"]
+    reported = sum(int(pages) for _, pages, _ in figures)
+    assert served >= reported, (
+        f"the external stand-in served {served} candle pages, the script reports {reported}"
+    )

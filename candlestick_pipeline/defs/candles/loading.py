@@ -33,9 +33,9 @@ from candlestick_pipeline.lib.frames import latest_per_begin
 from candlestick_pipeline.lib.securities import SecurityInfo
 from candlestick_pipeline.lib.timeframes import MOSCOW, Timeframe, window_to_iss_dates
 
-# Complete partitions are written once they hold this many candles (about five days of 1-minute
-# candles): fewer, larger transactions cost less, but what is left at the query's end is written
-# after its last page (docs/benchmarks.md, session 7).
+# Complete partitions are written once this many candles have arrived (four days of 1-minute candles
+# at 1000 a day: see WriteBatches): fewer, larger transactions cost less, but what is left at the
+# query's end is written after its last page (docs/benchmarks.md, session 7).
 WRITE_BATCH_ROWS = 5_000
 
 
@@ -128,8 +128,12 @@ class _Written:
     final: bool
 
 
-class _Batches:
-    """The span's rows as they arrive, cut into batches of complete partitions (in order)."""
+class WriteBatches:
+    """The span's rows as they arrive, cut into batches of complete partitions (in order).
+
+    A partition is complete once a row of a later one has arrived, so with days of 1000 minutes and
+    pages of 500 rows a batch is four days: the fifth is still open when 5,000 rows are in.
+    """
 
     def __init__(self, span: FetchSpan) -> None:
         self._partitions = span.partitions
@@ -223,7 +227,7 @@ def _load_span(
 ) -> tuple[CandleStream, list[_Written]]:
     date_from, date_till = window_to_iss_dates(span.start, span.end)
     stream = client.stream_candles(info, timeframe.iss_interval, date_from, date_till, width=width)
-    batches = _Batches(span)
+    batches = WriteBatches(span)
     written: list[_Written] = []
     for frame in stream:
         batch = batches.add(frame) if frame.height else None
