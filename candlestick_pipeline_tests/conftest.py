@@ -7,10 +7,12 @@ PostgreSQL is mandatory: a test that asks for ``pg_dsn`` fails (never skips) whe
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -21,6 +23,16 @@ os.environ.setdefault("CANDLESTICK_RUN_RETRY_DELAY_SECONDS", "0.1")
 ADMIN_DSN = os.environ.get("CANDLESTICK_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ISS_SAMPLES = Path(os.environ.get("CANDLESTICK_ISS_SAMPLES", REPO_ROOT.parent / "shared" / "iss-samples"))
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10) -> None:
+    """Terminate a server a test started and wait for it; kill it if it outlasts ``timeout``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _admin_connect() -> psycopg.Connection:

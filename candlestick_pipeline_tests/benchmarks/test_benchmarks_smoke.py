@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from candlestick_pipeline_tests.conftest import ADMIN_DSN, REPO_ROOT
+from candlestick_pipeline_tests.conftest import ADMIN_DSN, REPO_ROOT, stop_process
 
 BENCHMARKS = REPO_ROOT / "benchmarks"
 TIMEOUT_SECONDS = 300
@@ -135,12 +135,7 @@ def external_iss(tmp_path: Path) -> Iterator[str]:
             )
             yield base_url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout=30)
 
 
 def test_backfill_benchmark_runs_against_an_iss_it_did_not_start(external_iss: str) -> None:

@@ -25,6 +25,7 @@ from candlestick_pipeline.lib import warehouse
 from candlestick_pipeline.lib.frames import CANDLE_SCHEMA
 from candlestick_pipeline.lib.securities import SecurityKey
 from candlestick_pipeline.lib.timeframes import get_timeframe
+from candlestick_pipeline_tests.conftest import stop_process
 from candlestick_pipeline_tests.factories import security_info
 
 SBER = SecurityKey("SBER", "TQBR")
@@ -181,12 +182,7 @@ def run_datasette(path: Path, **options: object) -> Iterator[DatasetteProcess]:
             time.sleep(0.1)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log_path.unlink(missing_ok=True)
 
 
