@@ -284,19 +284,6 @@ def _encode_value(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
-def _column(values: tuple[Any, ...]) -> tuple[Sequence[str], bool]:
-    """The values of one column as JSON texts, and whether they are strings to be put between quotes
-    as they are (no character of them needs escaping: printable ASCII, no quote, no backslash)."""
-    kinds = json_text.kinds_of(values)
-    if kinds == json_text.STR:
-        if json_text.is_plain_text(values):
-            return values, True
-        return list(map(encode_basestring_ascii, values)), False
-    if kinds in json_text.NUMBERS and json_text.finite_numbers(values):
-        return json_text.number_texts(values, kinds), False
-    return list(map(_encode_value, values)), False
-
-
 def encode_array(columns: Sequence[str], rows: Sequence[Iterable[Any]]) -> str | None:
     """The body Datasette's renderer writes for ``_shape=array``, or None to let it write it.
 
@@ -310,7 +297,10 @@ def encode_array(columns: Sequence[str], rows: Sequence[Iterable[Any]]) -> str |
         return None
     try:
         encoded = [
-            (encode_basestring_ascii(name) + ": ", *_column(values))
+            (
+                encode_basestring_ascii(name) + ": ",
+                *json_text.column_texts(values, encode_basestring_ascii, _encode_value),
+            )
             for name, values in zip(columns, zip(*rows, strict=True), strict=True)
         ]
     except ValueError:

@@ -28,6 +28,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any
 
 from candlestick_pipeline.defs.publish import json_text
@@ -307,19 +308,10 @@ def encode(body: Any) -> bytes:
     return _dumps(body).encode()
 
 
-def _column_texts(values: Sequence[Any]) -> tuple[Sequence[str], bool]:
-    """One column as ``_dumps`` writes its values, and whether they go between quotes as they are."""
-    kinds = json_text.kinds_of(values)
-    if kinds == json_text.STR and json_text.is_plain_text(values):
-        return values, True
-    if kinds in json_text.NUMBERS and json_text.finite_numbers(values):
-        return json_text.number_texts(values, kinds), False
-    return [_dumps(value) for value in values], False
-
-
 def _data_text(picked: Sequence[Sequence[Any]], count: int) -> str:
     """``_dumps`` of the block's ``data`` (``count`` rows of the ``picked`` columns), a column at a time."""
-    return json_text.join_rows([("", *_column_texts(values)) for values in picked], count, "[", "]")
+    texts = [("", *json_text.column_texts(values, encode_basestring, _dumps)) for values in picked]
+    return json_text.join_rows(texts, count, "[", "]")
 
 
 _DATA_MARK = "\0data\0"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import polars as pl
@@ -60,6 +60,22 @@ def number_texts(values: Sequence[Any], kinds: frozenset[type]) -> Sequence[str]
             return column.cast(pl.String).to_list()
     # ints: ``int.__repr__`` is as quick as polars (0.05 ms for 1000 volumes), and has no range.
     return list(map(repr, values))
+
+
+def column_texts(
+    values: Sequence[Any], escape: Callable[[str], str], encode: Callable[[Any], str]
+) -> tuple[Sequence[str], bool]:
+    """One column's values as JSON texts, and whether they go between quotes as they are.
+
+    Strings that need no escaping are their own texts; other strings go through ``escape`` (the
+    encoder's string escaper), finite numbers through :func:`number_texts`, and any other column
+    value by value through ``encode`` (the caller's encoder for one value)."""
+    kinds = kinds_of(values)
+    if kinds == STR:
+        return (values, True) if is_plain_text(values) else (list(map(escape, values)), False)
+    if kinds in NUMBERS and finite_numbers(values):
+        return number_texts(values, kinds), False
+    return list(map(encode, values)), False
 
 
 Column = tuple[str, Sequence[str], bool]
